@@ -1,0 +1,61 @@
+# Wallet system: `make run` starts both services, `make test` runs the tests.
+# Both create the virtual environment and generate code when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+GENERATED := shared/gen/.generated
+BUF_VERSION := 1.75.0
+BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
+
+.DEFAULT_GOAL := help
+.PHONY: help install proto run migrate test lint bench up down clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED) ## Create .venv and install the project with its dev tools
+
+$(GENERATED): $(INSTALLED) $(PROTOS)
+	rm -rf shared/gen
+	$(PY) -m grpc_tools.protoc --proto_path=shared/gen=protos \
+		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	find shared/gen -type d -exec touch {}/__init__.py \;
+	touch $@
+
+proto: $(GENERATED) ## Generate Python messages, stubs and .pyi from protos/ into shared/gen
+
+run: $(GENERATED) ## Run both services (a private PostgreSQL unless DATABASE_URL is set)
+	$(PY) -m shared.local_run
+
+migrate: $(GENERATED) ## Apply pending migrations to DATABASE_URL
+	$(PY) -m shared.migrations
+
+test: $(GENERATED) ## Run the test suite against a throwaway database
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(GENERATED) ## buf lint, ruff and mypy
+	$(BUF) lint protos
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+
+bench: $(GENERATED) ## Measure throughput of the money path
+	$(PY) -m tests.bench
+
+up: ## docker compose up (needs a Docker engine)
+	docker compose up --build
+
+down: ## docker compose down
+	docker compose down
+
+clean: ## Remove generated code and caches (keeps .venv and .data)
+	rm -rf shared/gen .pytest_cache .mypy_cache .ruff_cache

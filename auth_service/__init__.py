@@ -1,0 +1,1 @@
+"""auth.v1.AuthService: users, passwords, tokens, signing keys and service accounts."""

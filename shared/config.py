@@ -1,0 +1,47 @@
+"""Configuration from environment variables (and `.env` when present).
+
+Each service declares its settings as a subclass of `CommonSettings`; field names
+are the environment variable names in lower case (`auth_port` <- AUTH_PORT).
+"""
+
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class ConfigError(SystemExit):
+    """A bad configuration value: the process stops with this message."""
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, min_length=1)
+    db_pool_min_size: int = Field(2, ge=1, le=100)
+    db_pool_max_size: int = Field(10, ge=1, le=200)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Seconds that in-flight calls get to finish after SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
+    # Seconds between database checks that drive the health status.
+    health_check_interval_seconds: float = Field(5.0, gt=0, le=300)
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """Reads the settings, turning a bad value into one clear start-up error."""
+    try:
+        settings = settings_class()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    if settings.db_pool_min_size > settings.db_pool_max_size:
+        raise ConfigError("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
+    return settings

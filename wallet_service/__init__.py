@@ -1,0 +1,1 @@
+"""wallet.v1.WalletService: wallets, money movements, the ledger and its history."""
