@@ -27,6 +27,10 @@ class CommonSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
     # Seconds between database checks that drive the health status.
     health_check_interval_seconds: float = Field(5.0, gt=0, le=300)
+    # Access tokens: the `iss` the auth service writes and the wallet service expects,
+    # and the `aud` both agree on.
+    token_issuer: str = Field("wallet-system-auth", min_length=1)
+    token_audience: str = Field("wallet-system", min_length=1)
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

@@ -12,6 +12,8 @@ class WalletSettings(CommonSettings):
     wallet_port: int = Field(50052, ge=0, le=65535)
     # Apply pending migrations/wallet files at start-up.
     auto_migrate: bool = True
+    # The auth service, whose GetPublicKeys verifies access tokens.
+    auth_address: str = Field("localhost:50051", min_length=1)
 
     @property
     def address(self) -> str:
