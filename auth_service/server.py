@@ -1,10 +1,20 @@
-"""Start-up of the auth service: pool, servicer, gRPC server."""
+"""Start-up of the auth service: pool, signing key, servicer, gRPC server."""
 
+import asyncio
+import contextlib
+
+from auth_service import keys
 from auth_service.config import SERVICE_NAME, AuthSettings
+from auth_service.keys import KeyStore
+from auth_service.passwords import PasswordHasher
 from auth_service.servicer import AuthServicer
+from auth_service.sessions import Sessions
+from auth_service.throttle import LoginThrottle
+from auth_service.tokens import AccessTokenIssuer
 from shared.db import open_pool
 from shared.gen.auth.v1 import auth_pb2_grpc
 from shared.server import RunningServer, start_server
+from shared.tokens import TokenVerifier
 
 
 async def start(settings: AuthSettings) -> RunningServer:
@@ -14,7 +24,42 @@ async def start(settings: AuthSettings) -> RunningServer:
         max_size=settings.db_pool_max_size,
         name="auth",
     )
-    servicer = AuthServicer()
+    async with pool.connection() as conn:
+        await keys.create_first_key(conn)
+    key_store = KeyStore(pool, settings.access_token_ttl_seconds)
+    throttle = LoginThrottle(
+        pool,
+        window_seconds=settings.login_throttle_window_seconds,
+        max_failures_per_account=settings.login_max_failures_per_account,
+        max_failures_per_address=settings.login_max_failures_per_address,
+    )
+    servicer = AuthServicer(
+        pool=pool,
+        passwords=await asyncio.to_thread(PasswordHasher, settings.bcrypt_cost),
+        keys=key_store,
+        access_tokens=AccessTokenIssuer(
+            key_store,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            ttl_seconds=settings.access_token_ttl_seconds,
+        ),
+        sessions=Sessions(pool, settings.refresh_token_ttl_seconds),
+        throttle=throttle,
+        # The auth service checks its own tokens (GetMe, ChangePassword) like any other.
+        verifier=TokenVerifier(
+            key_store.public_keys,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+        ),
+        token_issuer=settings.token_issuer,
+    )
+    cleanup = asyncio.create_task(throttle.delete_ended_windows_periodically())
+
+    async def stop_cleanup() -> None:
+        cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
+
     return await start_server(
         service_name=SERVICE_NAME,
         add_servicer=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(
@@ -23,4 +68,5 @@ async def start(settings: AuthSettings) -> RunningServer:
         address=settings.address,
         pool=pool,
         health_check_interval=settings.health_check_interval_seconds,
+        on_stop=[stop_cleanup],
     )

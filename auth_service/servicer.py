@@ -1,7 +1,159 @@
 """The AuthService RPC handlers: they speak in domain terms and leave SQL to the repository."""
 
-from shared.gen.auth.v1 import auth_pb2_grpc
+import hmac
+import uuid
+from typing import Any
+
+import psycopg_pool
+
+from auth_service import repository as repo
+from auth_service.keys import KeyStore
+from auth_service.messages import timestamp, user_message
+from auth_service.models import User
+from auth_service.passwords import PasswordHasher, check_policy
+from auth_service.sessions import IssuedRefreshToken, Sessions, end_all_sessions
+from auth_service.throttle import LoginThrottle, client_address
+from auth_service.tokens import AccessToken, AccessTokenIssuer, secret_hash
+from auth_service.validation import normalise_email, valid_display_name, valid_email
+from shared.errors import already_exists, permission_denied, unauthenticated
+from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from shared.tokens import TokenVerifier, bearer_token
+
+TOKEN_TYPE = "Bearer"
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    """Every RPC answers UNIMPLEMENTED until it is built."""
+    def __init__(
+        self,
+        *,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        passwords: PasswordHasher,
+        keys: KeyStore,
+        access_tokens: AccessTokenIssuer,
+        sessions: Sessions,
+        throttle: LoginThrottle,
+        verifier: TokenVerifier,
+        token_issuer: str,
+    ) -> None:
+        self._pool = pool
+        self._passwords = passwords
+        self._keys = keys
+        self._access_tokens = access_tokens
+        self._sessions = sessions
+        self._throttle = throttle
+        self._verifier = verifier
+        self._token_issuer = token_issuer
+
+    async def Register(
+        self, request: auth_pb2.RegisterRequest, context: Any
+    ) -> auth_pb2.RegisterResponse:
+        email = valid_email(request.email)
+        check_policy(request.password)
+        display_name = valid_display_name(request.display_name)
+        password_hash = await self._passwords.hash(request.password)
+        async with self._pool.connection() as conn:
+            user = await repo.insert_user(conn, email, display_name, password_hash)
+        if user is None:
+            raise already_exists("EMAIL_TAKEN", "a user with this email already exists")
+        return auth_pb2.RegisterResponse(user=user_message(user))
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
+        email = normalise_email(request.email)
+        user = await self._check_password(email, request.password, context)
+        if self._passwords.needs_rehash(user.password_hash):  # BCRYPT_COST changed since
+            await self._set_password(user, request.password)
+        tokens = await self._token_pair(user.id, await self._sessions.start(user.id))
+        return auth_pb2.LoginResponse(tokens=tokens, user=user_message(user))
+
+    async def RefreshToken(
+        self, request: auth_pb2.RefreshTokenRequest, context: Any
+    ) -> auth_pb2.RefreshTokenResponse:
+        user_id, refresh_token = await self._sessions.rotate(request.refresh_token)
+        return auth_pb2.RefreshTokenResponse(tokens=await self._token_pair(user_id, refresh_token))
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: Any
+    ) -> auth_pb2.LogoutResponse:
+        await self._sessions.end(request.refresh_token)
+        return auth_pb2.LogoutResponse()
+
+    async def GetMe(self, request: auth_pb2.GetMeRequest, context: Any) -> auth_pb2.GetMeResponse:
+        return auth_pb2.GetMeResponse(user=user_message(await self._calling_user(context)))
+
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: Any
+    ) -> auth_pb2.ChangePasswordResponse:
+        caller = await self._calling_user(context)
+        check_policy(request.new_password)
+        user = await self._check_password(caller.email, request.current_password, context)
+        new_hash = await self._passwords.hash(request.new_password)
+        async with self._pool.connection() as conn:
+            await repo.update_password_hash(conn, user.id, new_hash)
+            await end_all_sessions(conn, user.id)
+        return auth_pb2.ChangePasswordResponse()
+
+    async def IssueServiceToken(
+        self, request: auth_pb2.IssueServiceTokenRequest, context: Any
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        async with self._pool.connection() as conn:
+            account = await repo.enabled_service_account(conn, request.client_id)
+        presented = secret_hash(request.client_secret)
+        if account is None or not hmac.compare_digest(presented, account.secret_hash):
+            raise unauthenticated("INVALID_CLIENT", "unknown client or wrong secret")
+        access_token = await self._access_tokens.issue(account.client_id, account.scopes)
+        return auth_pb2.IssueServiceTokenResponse(
+            access_token=access_token.token,
+            access_token_expire_time=timestamp(access_token.expires_at),
+            scopes=account.scopes,
+            token_type=TOKEN_TYPE,
+        )
+
+    async def GetPublicKeys(
+        self, request: auth_pb2.GetPublicKeysRequest, context: Any
+    ) -> auth_pb2.GetPublicKeysResponse:
+        return auth_pb2.GetPublicKeysResponse(
+            keys=await self._keys.public_keys(), issuer=self._token_issuer
+        )
+
+    async def _check_password(self, email: str, password: str, context: Any) -> User:
+        """The user if the password is right; throttled, and as slow for an unknown email."""
+        attempt = await self._throttle.attempt(email, client_address(context.peer()))
+        async with self._pool.connection() as conn:
+            user = await repo.user_by_email(conn, email)
+        if not await self._passwords.verify(password, user.password_hash if user else None):
+            raise unauthenticated("INVALID_CREDENTIALS", "wrong email or password")
+        assert user is not None  # verify() is False without a hash
+        await self._throttle.succeeded(attempt)
+        return user
+
+    async def _set_password(self, user: User, password: str) -> None:
+        new_hash = await self._passwords.hash(password)
+        async with self._pool.connection() as conn:
+            await repo.update_password_hash(conn, user.id, new_hash)
+
+    async def _calling_user(self, context: Any) -> User:
+        """The user whose access token came with the call."""
+        principal = await self._verifier.verify(bearer_token(context.invocation_metadata()))
+        user = None
+        try:
+            user_id = uuid.UUID(principal.subject)
+        except ValueError:
+            pass  # a service account's client id
+        else:
+            async with self._pool.connection() as conn:
+                user = await repo.user_by_id(conn, user_id)
+        if user is None:
+            raise permission_denied("USER_TOKEN_REQUIRED", "this call needs a user's access token")
+        return user
+
+    async def _token_pair(
+        self, user_id: uuid.UUID, refresh_token: IssuedRefreshToken
+    ) -> auth_pb2.TokenPair:
+        access_token: AccessToken = await self._access_tokens.issue(str(user_id))
+        return auth_pb2.TokenPair(
+            access_token=access_token.token,
+            access_token_expire_time=timestamp(access_token.expires_at),
+            refresh_token=refresh_token.token,
+            refresh_token_expire_time=timestamp(refresh_token.expires_at),
+            token_type=TOKEN_TYPE,
+        )

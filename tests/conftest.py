@@ -37,7 +37,11 @@ def empty_database_url(database_server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def auth_settings(database_url: str) -> AuthSettings:
     return AuthSettings(
-        database_url=database_url, auth_host="127.0.0.1", auth_port=0, auto_migrate=False
+        database_url=database_url,
+        auth_host="127.0.0.1",
+        auth_port=0,
+        auto_migrate=False,
+        bcrypt_cost=4,  # the lowest bcrypt allows: tests hash a lot of passwords
     )
 
 

@@ -1,0 +1,98 @@
+"""Login throttling per account and per client address, in fixed windows.
+
+Every attempt is counted before the password is checked (so that concurrent guesses
+cannot slip past the limit) and taken back when it succeeds: only failures add up.
+Over the limit, attempts are refused without a password check until the window ends.
+Refused attempts do not move the window, so a lock-out always lifts: an attacker can
+hold an account's door shut only by spending its whole budget every window.
+"""
+
+import asyncio
+import ipaddress
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg_pool
+
+from auth_service import repository as repo
+from auth_service.models import ThrottleCount
+from shared.errors import resource_exhausted
+
+log = logging.getLogger(__name__)
+
+ACCOUNT = "account"
+ADDRESS = "address"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    counts: dict[tuple[str, str], ThrottleCount]
+
+
+class LoginThrottle:
+    def __init__(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        *,
+        window_seconds: int,
+        max_failures_per_account: int,
+        max_failures_per_address: int,
+    ) -> None:
+        self._pool = pool
+        self._window = window_seconds
+        self._limits = {ACCOUNT: max_failures_per_account, ADDRESS: max_failures_per_address}
+
+    async def attempt(self, account: str, address: str) -> Attempt:
+        """Counts an attempt; RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS when over a limit."""
+        subjects = [(ACCOUNT, account), (ADDRESS, address)]
+        async with self._pool.connection() as conn:
+            counts = {
+                subject: await repo.count_login_attempt(conn, *subject, self._window)
+                for subject in subjects
+            }
+        over = [count for (kind, _), count in counts.items() if count.attempts > self._limits[kind]]
+        if over:
+            retry_after = math.ceil(max(count.retry_after_seconds for count in over))
+            raise resource_exhausted(
+                "TOO_MANY_ATTEMPTS",
+                f"too many failed attempts; retry in {retry_after} s",
+                retry_after_seconds=retry_after,
+            )
+        return Attempt(counts)
+
+    async def succeeded(self, attempt: Attempt) -> None:
+        async with self._pool.connection() as conn:
+            for (kind, subject), count in attempt.counts.items():
+                await repo.forgive_login_attempt(conn, kind, subject, count)
+
+    async def delete_ended_windows_periodically(self) -> None:
+        """Keeps the table small; counts in ended windows no longer matter."""
+        while True:
+            await asyncio.sleep(max(self._window, 60))
+            try:
+                async with self._pool.connection() as conn:
+                    await repo.delete_ended_throttle_windows(conn, self._window)
+            except Exception:
+                log.exception("deleting ended login throttle windows failed; will try again")
+
+
+def client_address(peer: str) -> str:
+    """The throttling key of a gRPC peer such as `ipv4:10.0.0.7:51234` or `ipv6:[::1]:5123`.
+
+    IPv6 clients are grouped by /64, the block a single host usually controls.
+    """
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer  # unix sockets and the like: one key each
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)

@@ -1,0 +1,238 @@
+"""Verification of the access tokens that the auth service signs, for every service.
+
+`TokenVerifier.verify` accepts a token only if it is a JWT with `typ: at+jwt`, a `kid`
+naming a key of the trusted set (the auth service's `GetPublicKeys`), signed with that
+key's own published algorithm (never `none`, never HMAC), and with the expected `iss`
+and `aud`, a current `nbf`/`exp` and every required claim. Anything else is
+UNAUTHENTICATED with reason INVALID_TOKEN or TOKEN_EXPIRED.
+
+The key set is fetched lazily (a service may start before auth), cached, refreshed
+when it grows old, and fetched again when a token names an unknown `kid`; such
+refetches are coalesced and at most one per `min_refetch_interval_seconds`, so a flood
+of made-up key ids costs the auth service nothing.
+"""
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from shared.errors import ServiceError, unauthenticated, unavailable
+from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TOKEN_TYPE = "at+jwt"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti")
+# Asymmetric algorithms only, each with the key type it must come with.
+KEY_TYPES: dict[str, type] = {
+    "EdDSA": ed25519.Ed25519PublicKey,
+    "ES256": ec.EllipticCurvePublicKey,
+    "RS256": rsa.RSAPublicKey,
+}
+MAX_TOKEN_LENGTH = 8192
+
+KeySource = Callable[[], Awaitable[Sequence[auth_pb2.PublicKey]]]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a user (`subject` is its id) or a service account."""
+
+    subject: str
+    scopes: frozenset[str]
+    token_id: str
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    key_id: str
+    algorithm: str
+    key: Any  # a cryptography public key of the type KEY_TYPES[algorithm]
+    expires_at: float  # epoch seconds after which no token it signed is valid; inf if active
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        key_source: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_seconds: float = 30.0,
+        min_refetch_interval_seconds: float = 1.0,
+        max_key_age_seconds: float = 300.0,
+    ) -> None:
+        self._key_source = key_source
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+        self._min_refetch_interval = min_refetch_interval_seconds
+        self._max_key_age = max_key_age_seconds
+        self._keys: dict[str, TrustedKey] = {}
+        self._fetched_at = -math.inf  # last successful fetch (monotonic)
+        self._attempted_at = -math.inf  # last fetch attempt, successful or not
+        self._fetches = 0  # attempts so far: lets waiters see that one happened meanwhile
+        self._last_fetch_failed = False
+        self._lock = asyncio.Lock()
+
+    async def verify(self, token: str) -> Principal:
+        header = _unverified_header(token)
+        key = await self._trusted_key(header["kid"])
+        if header.get("alg") != key.algorithm:
+            raise _invalid("token algorithm does not match its key")
+        claims = self._decode(token, key)
+        return _principal(claims)
+
+    def _decode(self, token: str, key: TrustedKey) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthenticated("TOKEN_EXPIRED", "access token expired") from None
+        except jwt.PyJWTError as error:
+            raise _invalid(f"access token rejected: {error}") from None
+        if claims["exp"] > key.expires_at + self._leeway:
+            raise _invalid("access token outlives its signing key")
+        return claims
+
+    async def _trusted_key(self, key_id: str) -> TrustedKey:
+        fetches_seen = self._fetches
+        if time.monotonic() - self._fetched_at > self._max_key_age:
+            await self._refetch(fetches_seen, wait=False)
+        key = self._usable_key(key_id)
+        if key is None:  # perhaps a key newer than the cache
+            await self._refetch(fetches_seen, wait=True)
+            key = self._usable_key(key_id)
+        if key is not None:
+            return key
+        if self._last_fetch_failed:
+            raise unavailable("KEYS_UNAVAILABLE", "token verification keys are unavailable")
+        raise _invalid("access token signed by an unknown key")
+
+    def _usable_key(self, key_id: str) -> TrustedKey | None:
+        key = self._keys.get(key_id)
+        if key is None or key.expires_at + self._leeway < time.time():
+            return None
+        return key
+
+    async def _refetch(self, fetches_seen: int, *, wait: bool) -> None:
+        """Fetches the key set once for every caller waiting here, at most once per interval;
+        `wait=False` skips the fetch rather than wait for the interval to pass."""
+        async with self._lock:
+            if self._fetches != fetches_seen:
+                return  # fetched since this caller looked: coalesce
+            delay = self._attempted_at + self._min_refetch_interval - time.monotonic()
+            if delay > 0 and not wait:
+                return
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._attempted_at = time.monotonic()
+            self._fetches += 1
+            try:
+                published = await self._key_source()
+            except Exception as error:
+                self._last_fetch_failed = True
+                log.warning("could not fetch token verification keys", extra={"error": repr(error)})
+                return
+            self._keys = trusted_keys(published)
+            self._fetched_at = time.monotonic()
+            self._last_fetch_failed = False
+
+
+def trusted_keys(published: Iterable[auth_pb2.PublicKey]) -> dict[str, TrustedKey]:
+    """The published keys that are usable, by key id; unusable ones are logged and skipped."""
+    keys = {}
+    for public_key in published:
+        try:
+            keys[public_key.key_id] = _parse_public_key(public_key)
+        except ValueError as error:
+            log.warning(
+                "ignoring a published key", extra={"key_id": public_key.key_id, "error": str(error)}
+            )
+    return keys
+
+
+def _parse_public_key(public_key: auth_pb2.PublicKey) -> TrustedKey:
+    key_type = KEY_TYPES.get(public_key.algorithm)
+    if key_type is None:
+        raise ValueError(f"algorithm {public_key.algorithm!r} is not accepted")
+    key = serialization.load_pem_public_key(public_key.public_key_pem.encode())
+    if not isinstance(key, key_type):
+        raise ValueError(f"key type does not match algorithm {public_key.algorithm}")
+    expires_at = (
+        public_key.expire_time.ToNanoseconds() / 1e9
+        if public_key.HasField("expire_time")
+        else math.inf
+    )
+    return TrustedKey(public_key.key_id, public_key.algorithm, key, expires_at)
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise _invalid("access token too long")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _invalid("access token is not a JWT") from None
+    if header.get("typ") != TOKEN_TYPE:
+        raise _invalid(f"token type must be {TOKEN_TYPE}")
+    if not isinstance(header.get("kid"), str) or not header["kid"]:
+        raise _invalid("access token names no key")
+    return header
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    subject, token_id, scope = claims["sub"], claims["jti"], claims.get("scope", "")
+    if not (isinstance(subject, str) and subject and isinstance(token_id, str) and token_id):
+        raise _invalid("access token has a malformed sub or jti")
+    if not isinstance(scope, str):
+        raise _invalid("access token scope must be a string")
+    return Principal(subject=subject, scopes=frozenset(scope.split()), token_id=token_id)
+
+
+def _invalid(message: str) -> ServiceError:
+    return unauthenticated("INVALID_TOKEN", message)
+
+
+def grpc_key_source(channel: grpc.aio.Channel, timeout_seconds: float = 5.0) -> KeySource:
+    """A key source that asks the auth service behind `channel` for its public keys."""
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
+
+    async def fetch() -> Sequence[auth_pb2.PublicKey]:
+        response = await stub.GetPublicKeys(
+            auth_pb2.GetPublicKeysRequest(), timeout=timeout_seconds
+        )
+        return list(response.keys)
+
+    return fetch
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The token of the call's `authorization: Bearer <token>` metadata."""
+    for key, value in metadata or ():
+        if key != "authorization":
+            continue
+        text = value.decode() if isinstance(value, bytes) else value
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    raise unauthenticated("MISSING_TOKEN", "send `authorization: Bearer <access token>`")
