@@ -131,8 +131,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
                     mapped_error = database_error(error)
                     if mapped_error is None:
-                        raise
-                    log.warning("database error", extra={"error": str(error)})
+                        log.exception("unexpected database error")
+                        mapped_error = ServiceError(
+                            grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"
+                        )
+                    else:
+                        log.warning("database error", extra={"error": str(error)})
                     await context.abort_with_status(mapped_error.to_status(self._domain))
                 except Exception:
                     log.exception("unhandled error")

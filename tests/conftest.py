@@ -10,6 +10,7 @@ from auth_service.server import start as start_auth
 from shared.migrations import SERVICES, migrate
 from shared.server import RunningServer
 from tests.databases import admin_url, throwaway_database
+from tests.wallet_helpers import Caller, new_service, new_user
 from wallet_service.config import WalletSettings
 from wallet_service.server import start as start_wallet
 
@@ -65,6 +66,8 @@ def wallet_settings(database_url: str, auth_server: RunningServer) -> WalletSett
         wallet_host="127.0.0.1",
         wallet_port=0,
         auto_migrate=False,
+        auth_address=f"127.0.0.1:{auth_server.port}",
+        lock_timeout_seconds=1.0,
     )
 
 
@@ -79,3 +82,33 @@ async def wallet_server(wallet_settings: WalletSettings) -> AsyncIterator[Runnin
 async def wallet_channel(wallet_server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{wallet_server.port}") as channel:
         yield channel
+
+
+# --- wallet callers (tests/wallet_helpers.py) ----------------------------------------------
+
+
+@pytest.fixture
+async def user(auth_channel: grpc.aio.Channel, wallet_channel: grpc.aio.Channel) -> Caller:
+    """A newly registered user, logged in."""
+    return await new_user(auth_channel, wallet_channel)
+
+
+@pytest.fixture
+async def other_user(auth_channel: grpc.aio.Channel, wallet_channel: grpc.aio.Channel) -> Caller:
+    return await new_user(auth_channel, wallet_channel)
+
+
+@pytest.fixture(scope="session")
+async def payments(
+    auth_channel: grpc.aio.Channel, wallet_channel: grpc.aio.Channel, database_url: str
+) -> Caller:
+    """A service account with the wallet:credit scope (the payments service)."""
+    return await new_service(auth_channel, wallet_channel, database_url, ["wallet:credit"])
+
+
+@pytest.fixture(scope="session")
+async def admin(
+    auth_channel: grpc.aio.Channel, wallet_channel: grpc.aio.Channel, database_url: str
+) -> Caller:
+    """A service account with the wallet:admin scope."""
+    return await new_service(auth_channel, wallet_channel, database_url, ["wallet:admin"])

@@ -14,6 +14,14 @@ class WalletSettings(CommonSettings):
     auto_migrate: bool = True
     # The auth service, whose GetPublicKeys verifies access tokens.
     auth_address: str = Field("localhost:50051", min_length=1)
+    # Longest wait for a wallet's row lock / for one statement, when the client sets no
+    # deadline (a client deadline shortens both).
+    lock_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    statement_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Idempotency outcomes are kept at least this long (SPEC: 24 hours or more).
+    idempotency_retention_hours: float = Field(24.0, ge=24)
+    # How often the service deletes outcomes older than the retention.
+    idempotency_cleanup_interval_seconds: float = Field(3600.0, gt=0)
 
     @property
     def address(self) -> str:

@@ -1,10 +1,25 @@
-"""Start-up of the wallet service: pool, servicer, gRPC server."""
+"""Start-up of the wallet service: pool, token verifier, servicer, gRPC server, and the
+periodic clean-up of expired idempotency keys."""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+import psycopg_pool
 
 from shared.db import open_pool
 from shared.gen.wallet.v1 import wallet_pb2_grpc
 from shared.server import RunningServer, start_server
+from shared.tokens import TokenVerifier, grpc_key_source
+from wallet_service import repository as repo
+from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
+from wallet_service.ledger import Limits
 from wallet_service.servicer import WalletServicer
+
+log = logging.getLogger(__name__)
 
 
 async def start(settings: WalletSettings) -> RunningServer:
@@ -14,7 +29,27 @@ async def start(settings: WalletSettings) -> RunningServer:
         max_size=settings.db_pool_max_size,
         name="wallet",
     )
-    servicer = WalletServicer()
+    auth_channel = grpc.aio.insecure_channel(settings.auth_address)
+    verifier = TokenVerifier(
+        grpc_key_source(auth_channel),
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+    )
+    servicer = WalletServicer(
+        pool,
+        Limits(
+            lock_timeout_seconds=settings.lock_timeout_seconds,
+            statement_timeout_seconds=settings.statement_timeout_seconds,
+        ),
+    )
+    cleanup = asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings))
+
+    async def stop_background_work() -> None:
+        cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
+        await auth_channel.close(grace=None)
+
     return await start_server(
         service_name=SERVICE_NAME,
         add_servicer=lambda server: wallet_pb2_grpc.add_WalletServiceServicer_to_server(
@@ -22,5 +57,22 @@ async def start(settings: WalletSettings) -> RunningServer:
         ),
         address=settings.address,
         pool=pool,
+        interceptors=[AuthenticationInterceptor(verifier)],
         health_check_interval=settings.health_check_interval_seconds,
+        on_stop=[stop_background_work],
     )
+
+
+async def _clean_idempotency_keys_periodically(
+    pool: psycopg_pool.AsyncConnectionPool[Any], settings: WalletSettings
+) -> None:
+    while True:
+        await asyncio.sleep(settings.idempotency_cleanup_interval_seconds)
+        try:
+            async with pool.connection() as conn:
+                removed = await repo.delete_idempotency_keys_older_than(
+                    conn, settings.idempotency_retention_hours
+                )
+            log.info("removed expired idempotency keys", extra={"count": removed})
+        except Exception:
+            log.exception("idempotency key clean-up failed; will try again")

@@ -1,0 +1,101 @@
+"""Callers of the wallet service for tests: a user, a crediting service, an admin."""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from shared.errors import error_info
+from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from tests.auth_helpers import register_and_login, service_token
+
+
+@dataclass
+class Caller:
+    """A wallet client that sends one identity's access token with every call."""
+
+    stub: wallet_pb2_grpc.WalletServiceStub
+    token: str
+    subject: str = ""
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    async def call(self, rpc: str, request: Any, deadline_seconds: float = 30) -> Any:
+        return await getattr(self.stub, rpc)(
+            request, metadata=self.metadata, timeout=deadline_seconds
+        )
+
+    async def create_wallet(self, currency: str = "EUR") -> wallet_pb2.Wallet:
+        response = await self.call(
+            "CreateWallet", wallet_pb2.CreateWalletRequest(currency=currency)
+        )
+        return response.wallet
+
+    async def balance(self, wallet_id: str) -> int:
+        response = await self.call("GetWallet", wallet_pb2.GetWalletRequest(wallet_id=wallet_id))
+        return int(response.wallet.balance)
+
+    async def credit(self, wallet_id: str, amount: int, key: str | None = None) -> Any:
+        return await self.call(
+            "Credit",
+            wallet_pb2.CreditRequest(
+                wallet_id=wallet_id, amount=amount, idempotency_key=key or new_key()
+            ),
+        )
+
+    async def debit(self, wallet_id: str, amount: int, key: str | None = None) -> Any:
+        return await self.call(
+            "Debit",
+            wallet_pb2.DebitRequest(
+                wallet_id=wallet_id, amount=amount, idempotency_key=key or new_key()
+            ),
+        )
+
+    async def transfer(
+        self, source: str, destination: str, amount: int, key: str | None = None
+    ) -> Any:
+        return await self.call(
+            "Transfer",
+            wallet_pb2.TransferRequest(
+                source_wallet_id=source,
+                destination_wallet_id=destination,
+                amount=amount,
+                idempotency_key=key or new_key(),
+            ),
+        )
+
+
+def new_key() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+async def new_user(auth_channel: grpc.aio.Channel, wallet_channel: grpc.aio.Channel) -> Caller:
+    user_id, token = await register_and_login(auth_channel)
+    return Caller(wallet_pb2_grpc.WalletServiceStub(wallet_channel), token, user_id)
+
+
+async def new_service(
+    auth_channel: grpc.aio.Channel,
+    wallet_channel: grpc.aio.Channel,
+    database_url: str,
+    scopes: list[str],
+) -> Caller:
+    token = await service_token(auth_channel, database_url, scopes)
+    return Caller(wallet_pb2_grpc.WalletServiceStub(wallet_channel), token)
+
+
+async def expect_error(code: grpc.StatusCode, reason: str, awaitable: Any) -> grpc.aio.AioRpcError:
+    """Awaits a call that must fail with `code` and an ErrorInfo carrying `reason`."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await awaitable
+    error = raised.value
+    assert error.code() == code, error.details()
+    info = error_info(error)
+    assert info is not None, "no google.rpc.ErrorInfo in the status"
+    assert info.reason == reason
+    assert info.domain == "wallet.v1.WalletService"
+    return error

@@ -1,0 +1,57 @@
+"""Domain values -> wallet.v1 protobuf messages."""
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shared.gen.wallet.v1 import wallet_pb2
+from wallet_service.currencies import currency_exponent
+from wallet_service.models import LedgerEntry, Transaction, TransactionType, Wallet
+
+TYPE_TO_PROTO = {
+    TransactionType.CREDIT: wallet_pb2.TRANSACTION_TYPE_CREDIT,
+    TransactionType.DEBIT: wallet_pb2.TRANSACTION_TYPE_DEBIT,
+    TransactionType.TRANSFER: wallet_pb2.TRANSACTION_TYPE_TRANSFER,
+}
+PROTO_TO_TYPE = {proto: type_ for type_, proto in TYPE_TO_PROTO.items()}
+
+
+def timestamp(value: datetime) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def wallet_message(wallet: Wallet) -> wallet_pb2.Wallet:
+    return wallet_pb2.Wallet(
+        id=str(wallet.id),
+        user_id=wallet.user_id,
+        currency=wallet.currency,
+        currency_exponent=currency_exponent(wallet.currency),
+        balance=wallet.balance,
+        create_time=timestamp(wallet.created_at),
+        update_time=timestamp(wallet.updated_at),
+    )
+
+
+def transaction_message(transaction: Transaction) -> wallet_pb2.Transaction:
+    return wallet_pb2.Transaction(
+        id=str(transaction.id),
+        type=TYPE_TO_PROTO[transaction.type],
+        amount=transaction.amount,
+        currency=transaction.currency,
+        source_wallet_id=str(transaction.source_wallet_id or ""),
+        destination_wallet_id=str(transaction.destination_wallet_id or ""),
+        idempotency_key=transaction.idempotency_key,
+        reference=transaction.reference,
+        create_time=timestamp(transaction.created_at),
+    )
+
+
+def ledger_entry_message(entry: LedgerEntry) -> wallet_pb2.LedgerEntry:
+    return wallet_pb2.LedgerEntry(
+        wallet_id=str(entry.wallet_id),
+        transaction=transaction_message(entry.transaction),
+        balance_change=entry.amount,
+        balance_after=entry.balance_after,
+    )

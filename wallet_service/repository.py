@@ -1,0 +1,296 @@
+"""All of the wallet service's SQL. Functions take an open connection; the caller owns the
+transaction. Tables live in the `wallet` schema (migrations/wallet/)."""
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from wallet_service.models import LedgerEntry, Movement, Transaction, TransactionType, Wallet
+
+Conn = AsyncConnection[Any]
+
+WALLET_COLUMNS = "id, user_id, currency, balance, created_at, updated_at"
+TRANSACTION_COLUMNS = (
+    "t.id, t.type, t.amount, t.currency, t.source_wallet_id, t.destination_wallet_id,"
+    " t.idempotency_key, t.reference, t.requested_by, t.created_at"
+)
+
+
+def _wallet(row: dict[str, Any]) -> Wallet:
+    return Wallet(**{key: row[key] for key in Wallet.__dataclass_fields__})
+
+
+def _transaction(row: dict[str, Any]) -> Transaction:
+    fields = {key: row[key] for key in Transaction.__dataclass_fields__}
+    fields["type"] = TransactionType(fields["type"])
+    return Transaction(**fields)
+
+
+async def _one(conn: Conn, query: str, params: Any) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, params)
+        return await cursor.fetchone()
+
+
+async def _all(conn: Conn, query: str, params: Any) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, params)
+        return await cursor.fetchall()
+
+
+# --- wallets -------------------------------------------------------------------------------
+
+
+async def insert_wallet(conn: Conn, user_id: str, currency: str) -> Wallet | None:
+    """The new wallet, or None when the user already has one in this currency."""
+    row = await _one(
+        conn,
+        f"INSERT INTO wallet.wallets (user_id, currency) VALUES (%s, %s)"
+        f" ON CONFLICT (user_id, currency) DO NOTHING RETURNING {WALLET_COLUMNS}",
+        (user_id, currency),
+    )
+    return _wallet(row) if row else None
+
+
+async def get_wallet(conn: Conn, wallet_id: UUID) -> Wallet | None:
+    row = await _one(
+        conn, f"SELECT {WALLET_COLUMNS} FROM wallet.wallets WHERE id = %s", (wallet_id,)
+    )
+    return _wallet(row) if row else None
+
+
+async def lock_wallet(conn: Conn, wallet_id: UUID) -> Wallet | None:
+    """Reads the wallet and holds its row lock until the transaction ends."""
+    row = await _one(
+        conn,
+        f"SELECT {WALLET_COLUMNS} FROM wallet.wallets WHERE id = %s FOR UPDATE",
+        (wallet_id,),
+    )
+    return _wallet(row) if row else None
+
+
+async def list_wallets(
+    conn: Conn, user_id: str, after: tuple[datetime, UUID] | None, limit: int
+) -> list[Wallet]:
+    """The user's wallets, oldest first, after the (created_at, id) cursor."""
+    after_time, after_id = after or (None, None)
+    rows = await _all(
+        conn,
+        f"SELECT {WALLET_COLUMNS} FROM wallet.wallets WHERE user_id = %(user_id)s"
+        " AND (%(after_time)s::timestamptz IS NULL"
+        "      OR (created_at, id) > (%(after_time)s, %(after_id)s::uuid))"
+        " ORDER BY created_at, id LIMIT %(limit)s",
+        {"user_id": user_id, "after_time": after_time, "after_id": after_id, "limit": limit},
+    )
+    return [_wallet(row) for row in rows]
+
+
+async def add_to_balance(conn: Conn, wallet_id: UUID, change: int) -> int:
+    """Applies a signed change to a wallet locked by this transaction; returns the new balance."""
+    cursor = await conn.execute(
+        "UPDATE wallet.wallets SET balance = balance + %s, updated_at = now()"
+        " WHERE id = %s RETURNING balance",
+        (change, wallet_id),
+    )
+    row = await cursor.fetchone()
+    assert row is not None, "the wallet is locked by this transaction"
+    return int(row[0])
+
+
+# --- the ledger ----------------------------------------------------------------------------
+
+
+async def insert_transaction(
+    conn: Conn,
+    transaction_id: UUID,
+    movement: Movement,
+    currency: str,
+    idempotency_key: str,
+    requested_by: str,
+) -> Transaction:
+    row = await _one(
+        conn,
+        "INSERT INTO wallet.transactions AS t (id, type, amount, currency, source_wallet_id,"
+        " destination_wallet_id, idempotency_key, reference, requested_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        f" RETURNING {TRANSACTION_COLUMNS}",
+        (
+            transaction_id,
+            movement.type.value,
+            movement.amount,
+            currency,
+            movement.source_wallet_id,
+            movement.destination_wallet_id,
+            idempotency_key,
+            movement.reference,
+            requested_by,
+        ),
+    )
+    assert row is not None
+    return _transaction(row)
+
+
+async def insert_ledger_entry(
+    conn: Conn, transaction: Transaction, wallet_id: UUID, change: int, balance_after: int
+) -> None:
+    await conn.execute(
+        "INSERT INTO wallet.ledger_entries (wallet_id, transaction_id, type, amount, balance_after)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (wallet_id, transaction.id, transaction.type.value, change, balance_after),
+    )
+
+
+async def get_transaction(conn: Conn, transaction_id: UUID) -> Transaction | None:
+    row = await _one(
+        conn,
+        f"SELECT {TRANSACTION_COLUMNS} FROM wallet.transactions t WHERE t.id = %s",
+        (transaction_id,),
+    )
+    return _transaction(row) if row else None
+
+
+async def list_ledger_entries(
+    conn: Conn,
+    wallet_id: UUID,
+    *,
+    before_id: int | None,
+    type_: TransactionType | None,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    limit: int,
+) -> list[LedgerEntry]:
+    """A wallet's entries, newest first, strictly older than the `before_id` cursor."""
+    rows = await _all(
+        conn,
+        "SELECT e.id AS entry_id, e.wallet_id, e.amount AS entry_amount, e.balance_after,"
+        f" {TRANSACTION_COLUMNS}"
+        " FROM wallet.ledger_entries e JOIN wallet.transactions t ON t.id = e.transaction_id"
+        " WHERE e.wallet_id = %(wallet_id)s"
+        " AND (%(before_id)s::bigint IS NULL OR e.id < %(before_id)s)"
+        " AND (%(type)s::text IS NULL OR e.type = %(type)s)"
+        " AND (%(start_time)s::timestamptz IS NULL OR e.created_at >= %(start_time)s)"
+        " AND (%(end_time)s::timestamptz IS NULL OR e.created_at < %(end_time)s)"
+        " ORDER BY e.id DESC LIMIT %(limit)s",
+        {
+            "wallet_id": wallet_id,
+            "before_id": before_id,
+            "type": type_.value if type_ else None,
+            "start_time": start_time,
+            "end_time": end_time,
+            "limit": limit,
+        },
+    )
+    return [
+        LedgerEntry(
+            id=row["entry_id"],
+            wallet_id=row["wallet_id"],
+            transaction=_transaction(row),
+            amount=row["entry_amount"],
+            balance_after=row["balance_after"],
+        )
+        for row in rows
+    ]
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+async def claim_idempotency_key(conn: Conn, principal: str, key: str, request_hash: str) -> bool:
+    """Records the key as in progress. False when it is already taken; a concurrent claim of
+    the same key waits here until the first one commits or rolls back."""
+    cursor = await conn.execute(
+        "INSERT INTO wallet.idempotency_keys (principal, key, request_hash) VALUES (%s, %s, %s)"
+        " ON CONFLICT (principal, key) DO NOTHING",
+        (principal, key, request_hash),
+    )
+    return cursor.rowcount == 1
+
+
+async def get_idempotency_record(conn: Conn, principal: str, key: str) -> dict[str, Any] | None:
+    return await _one(
+        conn,
+        "SELECT request_hash, status, transaction_id, balances_after, error_reason, error_message"
+        " FROM wallet.idempotency_keys WHERE principal = %s AND key = %s",
+        (principal, key),
+    )
+
+
+async def record_success(
+    conn: Conn, principal: str, key: str, transaction_id: UUID, balances_after: dict[UUID, int]
+) -> None:
+    await conn.execute(
+        "UPDATE wallet.idempotency_keys SET status = 'succeeded', transaction_id = %s,"
+        " balances_after = %s WHERE principal = %s AND key = %s",
+        (
+            transaction_id,
+            json.dumps({str(wallet_id): balance for wallet_id, balance in balances_after.items()}),
+            principal,
+            key,
+        ),
+    )
+
+
+async def record_failure(conn: Conn, principal: str, key: str, reason: str, message: str) -> None:
+    await conn.execute(
+        "UPDATE wallet.idempotency_keys SET status = 'failed', error_reason = %s,"
+        " error_message = %s WHERE principal = %s AND key = %s",
+        (reason, message, principal, key),
+    )
+
+
+async def delete_idempotency_keys_older_than(conn: Conn, hours: float) -> int:
+    cursor = await conn.execute(
+        "DELETE FROM wallet.idempotency_keys WHERE created_at < now() - make_interval(secs => %s)",
+        (hours * 3600,),
+    )
+    return cursor.rowcount
+
+
+async def set_local_timeouts(conn: Conn, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
+    """Bounds lock waits and statements for the rest of this transaction."""
+    await conn.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"),
+    )
+
+
+# --- invariants ----------------------------------------------------------------------------
+
+WALLETS_THAT_DRIFTED = """
+SELECT w.id, w.balance, coalesce(sum(e.amount), 0) AS ledger_sum
+FROM wallet.wallets w LEFT JOIN wallet.ledger_entries e ON e.wallet_id = w.id
+GROUP BY w.id, w.balance
+HAVING w.balance <> coalesce(sum(e.amount), 0)
+"""
+
+TOTALS_BY_CURRENCY = """
+SELECT c.currency,
+       coalesce((SELECT sum(balance) FROM wallet.wallets w WHERE w.currency = c.currency), 0)
+           AS balances,
+       coalesce((SELECT sum(amount) FROM wallet.transactions t
+                 WHERE t.currency = c.currency AND t.type = 'credit'), 0) AS credits,
+       coalesce((SELECT sum(amount) FROM wallet.transactions t
+                 WHERE t.currency = c.currency AND t.type = 'debit'), 0) AS debits
+FROM (SELECT DISTINCT currency FROM wallet.wallets) c
+ORDER BY c.currency
+"""
+
+LAST_ENTRY_MISMATCHES = """
+SELECT w.id, w.balance, last.balance_after
+FROM wallet.wallets w
+JOIN LATERAL (SELECT balance_after FROM wallet.ledger_entries e
+              WHERE e.wallet_id = w.id ORDER BY e.id DESC LIMIT 1) last ON true
+WHERE last.balance_after <> w.balance
+"""
+
+
+async def invariant_report(conn: Conn) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "drifted_wallets": await _all(conn, WALLETS_THAT_DRIFTED, ()),
+        "stale_balance_after": await _all(conn, LAST_ENTRY_MISMATCHES, ()),
+        "totals": await _all(conn, TOTALS_BY_CURRENCY, ()),
+    }

@@ -1,0 +1,74 @@
+"""Request checks that do not need the database: INVALID_ARGUMENT with a precise reason."""
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shared.errors import invalid_argument
+from shared.gen.wallet.v1 import wallet_pb2
+from wallet_service.messages import PROTO_TO_TYPE
+from wallet_service.models import TransactionType
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+MAX_REFERENCE_LENGTH = 256
+
+
+def wallet_id(value: str, field: str = "wallet_id") -> UUID:
+    return _uuid(value, field, "INVALID_WALLET_ID")
+
+
+def transaction_id(value: str) -> UUID:
+    return _uuid(value, "transaction_id", "INVALID_TRANSACTION_ID")
+
+
+def _uuid(value: str, field: str, reason: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise invalid_argument(reason, f"{field} must be a UUID", field=field) from None
+
+
+def amount(value: int) -> int:
+    if value <= 0:
+        raise invalid_argument("INVALID_AMOUNT", "amount must be a positive number of minor units")
+    return value
+
+
+def idempotency_key(value: str) -> str:
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise invalid_argument(
+            "INVALID_IDEMPOTENCY_KEY",
+            f"idempotency_key is required: 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+        )
+    if not value.isprintable():
+        raise invalid_argument(
+            "INVALID_IDEMPOTENCY_KEY", "idempotency_key must not contain control characters"
+        )
+    return value
+
+
+def reference(value: str) -> str:
+    if len(value) > MAX_REFERENCE_LENGTH:
+        raise invalid_argument(
+            "INVALID_REFERENCE", f"reference is at most {MAX_REFERENCE_LENGTH} characters"
+        )
+    return value
+
+
+def transaction_type_filter(value: int) -> TransactionType | None:
+    if value == wallet_pb2.TRANSACTION_TYPE_UNSPECIFIED:
+        return None
+    if value not in PROTO_TO_TYPE:
+        raise invalid_argument("INVALID_TRANSACTION_TYPE", f"unknown transaction type {value}")
+    return PROTO_TO_TYPE[value]  # type: ignore[index]
+
+
+def time_range(
+    start: Timestamp, end: Timestamp, has_start: bool, has_end: bool
+) -> tuple[datetime | None, datetime | None]:
+    start_time = start.ToDatetime(tzinfo=UTC) if has_start else None
+    end_time = end.ToDatetime(tzinfo=UTC) if has_end else None
+    if start_time and end_time and start_time >= end_time:
+        raise invalid_argument("INVALID_TIME_RANGE", "start_time must be before end_time")
+    return start_time, end_time
