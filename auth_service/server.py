@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 
 from auth_service import keys
 from auth_service.config import SERVICE_NAME, AuthSettings
@@ -16,6 +17,10 @@ from shared.gen.auth.v1 import auth_pb2_grpc
 from shared.server import RunningServer, start_server
 from shared.tokens import TokenVerifier
 
+log = logging.getLogger(__name__)
+# ASVS V2.2.1: no more than 100 failed attempts an hour on one account.
+ASVS_MAX_FAILURES_PER_HOUR = 100
+
 
 async def start(settings: AuthSettings) -> RunningServer:
     pool = await open_pool(
@@ -26,6 +31,7 @@ async def start(settings: AuthSettings) -> RunningServer:
     )
     async with pool.connection() as conn:
         await keys.create_first_key(conn)
+    _warn_about_a_lax_throttle(settings)
     key_store = KeyStore(pool, settings.access_token_ttl_seconds)
     throttle = LoginThrottle(
         pool,
@@ -70,3 +76,14 @@ async def start(settings: AuthSettings) -> RunningServer:
         health_check_interval=settings.health_check_interval_seconds,
         on_stop=[stop_cleanup],
     )
+
+
+def _warn_about_a_lax_throttle(settings: AuthSettings) -> None:
+    per_hour = (
+        settings.login_max_failures_per_account * 3600 / settings.login_throttle_window_seconds
+    )
+    if per_hour > ASVS_MAX_FAILURES_PER_HOUR:
+        log.warning(
+            "login throttling allows more than 100 failed attempts an hour per account",
+            extra={"failures_per_hour": round(per_hour)},
+        )

@@ -146,16 +146,19 @@ class TokenVerifier:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._attempted_at = time.monotonic()
-            self._fetches += 1
             try:
                 published = await self._key_source()
             except Exception as error:
                 self._last_fetch_failed = True
                 log.warning("could not fetch token verification keys", extra={"error": repr(error)})
                 return
-            self._keys = trusted_keys(published)
-            self._fetched_at = time.monotonic()
-            self._last_fetch_failed = False
+            else:
+                self._keys = trusted_keys(published)
+                self._fetched_at = time.monotonic()
+                self._last_fetch_failed = False
+            finally:
+                # Counted once done, so that callers who arrived meanwhile use this fetch.
+                self._fetches += 1
 
 
 def trusted_keys(published: Iterable[auth_pb2.PublicKey]) -> dict[str, TrustedKey]:

@@ -1,14 +1,72 @@
 """Small helpers for tests that need identities from the auth service."""
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from typing import Any
 
 import grpc
+import pytest
 
 from auth_service.admin import create_service_account
+from auth_service.config import AuthSettings
+from auth_service.server import start
+from shared.errors import error_info
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from shared.migrations import migrate
+from tests.databases import throwaway_database
 
 PASSWORD = "correct horse battery staple"
+DOMAIN = "auth.v1.AuthService"
+
+
+def auth_stub(auth_channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
+    return auth_pb2_grpc.AuthServiceStub(auth_channel)
+
+
+def bearer(access_token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {access_token}"),)
+
+
+async def expect_auth_error(
+    code: grpc.StatusCode, reason: str, awaitable: Awaitable[Any]
+) -> grpc.aio.AioRpcError:
+    """Awaits a call that must fail with `code` and an auth ErrorInfo carrying `reason`."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await awaitable
+    error = raised.value
+    assert error.code() == code, error.details()
+    info = error_info(error)
+    assert info is not None, "no google.rpc.ErrorInfo in the status"
+    assert (info.domain, info.reason) == (DOMAIN, reason)
+    return error
+
+
+@contextlib.contextmanager
+def auth_database(database_server_url: str) -> Iterator[str]:
+    """A throwaway database with the auth schema, for tests that need one to themselves."""
+    with throwaway_database(database_server_url) as url:
+        migrate(url, "auth")
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def extra_auth_server(database_url: str, **settings: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """An extra auth server with its own settings; yields a channel to it."""
+    running = await start(
+        AuthSettings(
+            database_url=database_url,
+            auth_host="127.0.0.1",
+            auth_port=0,
+            auto_migrate=False,
+            **{"bcrypt_cost": 4, **settings},
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield channel
+    finally:
+        await running.stop(grace=0)
 
 
 def unique_email(prefix: str = "user") -> str:
@@ -34,11 +92,25 @@ async def login(
     )
 
 
+async def logged_in_user(
+    auth_channel: grpc.aio.Channel,
+) -> tuple[auth_pb2.User, auth_pb2.TokenPair]:
+    """A new user and the tokens of its first session."""
+    user = await register(auth_channel)
+    return user, (await login(auth_channel, user.email)).tokens
+
+
+async def get_me(auth_channel: grpc.aio.Channel, access_token: str) -> auth_pb2.User:
+    response = await auth_stub(auth_channel).GetMe(
+        auth_pb2.GetMeRequest(), metadata=bearer(access_token)
+    )
+    return response.user
+
+
 async def register_and_login(auth_channel: grpc.aio.Channel) -> tuple[str, str]:
     """A new user (unique email each call): its id and an access token."""
-    user = await register(auth_channel)
-    response = await login(auth_channel, user.email)
-    return user.id, response.tokens.access_token
+    user, tokens = await logged_in_user(auth_channel)
+    return user.id, tokens.access_token
 
 
 async def service_token(

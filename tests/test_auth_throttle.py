@@ -1,0 +1,150 @@
+"""Login throttling per account and per client address, on a server with small limits and its
+own database (the counts of other tests' logins from 127.0.0.1 must not leak in)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from auth_service.throttle import client_address
+from shared.errors import error_info
+from shared.gen.auth.v1 import auth_pb2
+from tests.auth_helpers import (
+    PASSWORD,
+    auth_database,
+    auth_stub,
+    bearer,
+    expect_auth_error,
+    extra_auth_server,
+    login,
+    register,
+    unique_email,
+)
+
+WINDOW_SECONDS = 2
+PER_ACCOUNT = 3
+PER_ADDRESS = 6
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture
+async def throttled_channel(database_server_url: str) -> AsyncIterator[grpc.aio.Channel]:
+    with auth_database(database_server_url) as url:
+        async with extra_auth_server(
+            url,
+            login_throttle_window_seconds=WINDOW_SECONDS,
+            login_max_failures_per_account=PER_ACCOUNT,
+            login_max_failures_per_address=PER_ADDRESS,
+        ) as channel:
+            yield channel
+
+
+async def fail_login(channel: grpc.aio.Channel, email: str) -> None:
+    await expect_auth_error(
+        UNAUTHENTICATED, "INVALID_CREDENTIALS", login(channel, email, "wrong password")
+    )
+
+
+async def test_an_account_is_throttled_after_its_failures_then_released(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    user = await register(throttled_channel)
+    for _ in range(PER_ACCOUNT):
+        await fail_login(throttled_channel, user.email)
+    # Even the right password is refused now, without a password check.
+    error = await expect_auth_error(
+        RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS", login(throttled_channel, user.email)
+    )
+    info = error_info(error)
+    assert info is not None
+    assert 1 <= int(info.metadata["retry_after_seconds"]) <= WINDOW_SECONDS
+    # Refused attempts do not push the window on: it lifts on time.
+    await asyncio.sleep(WINDOW_SECONDS + 0.5)
+    assert (await login(throttled_channel, user.email)).user.id == user.id
+
+
+async def test_throttling_one_account_leaves_others_alone(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    victim, other = await register(throttled_channel), await register(throttled_channel)
+    for _ in range(PER_ACCOUNT):
+        await fail_login(throttled_channel, victim.email)
+    await login(throttled_channel, other.email)
+
+
+async def test_unknown_emails_are_throttled_like_known_ones(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    email = unique_email()
+    for _ in range(PER_ACCOUNT):
+        await fail_login(throttled_channel, email)
+    await expect_auth_error(
+        RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS", login(throttled_channel, email)
+    )
+
+
+async def test_an_address_is_throttled_after_failures_across_accounts(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    for _ in range(PER_ADDRESS):
+        await fail_login(throttled_channel, unique_email())  # each account fails once only
+    user = await register(throttled_channel)
+    await expect_auth_error(
+        RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS", login(throttled_channel, user.email)
+    )
+
+
+async def test_successful_logins_do_not_count(throttled_channel: grpc.aio.Channel) -> None:
+    user = await register(throttled_channel)
+    for _ in range(PER_ADDRESS + 2):
+        await login(throttled_channel, user.email)
+    for _ in range(PER_ACCOUNT):
+        await fail_login(throttled_channel, user.email)
+
+
+async def test_concurrent_guesses_cannot_slip_past_the_limit(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    user = await register(throttled_channel)
+    guesses = PER_ADDRESS  # within the address limit: only the account's can refuse
+    results = await asyncio.gather(
+        *(login(throttled_channel, user.email, "wrong password") for _ in range(guesses)),
+        return_exceptions=True,
+    )
+    codes = [result.code() for result in results if isinstance(result, grpc.aio.AioRpcError)]
+    assert codes.count(UNAUTHENTICATED) == PER_ACCOUNT
+    assert codes.count(RESOURCE_EXHAUSTED) == guesses - PER_ACCOUNT
+
+
+async def test_change_password_guesses_count_against_the_account(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    user = await register(throttled_channel)
+    access_token = (await login(throttled_channel, user.email)).tokens.access_token
+    stub = auth_stub(throttled_channel)
+
+    def change(current: str) -> object:
+        return stub.ChangePassword(
+            auth_pb2.ChangePasswordRequest(current_password=current, new_password="new password"),
+            metadata=bearer(access_token),
+        )
+
+    for _ in range(PER_ACCOUNT):
+        await expect_auth_error(UNAUTHENTICATED, "INVALID_CREDENTIALS", change("guess"))
+    await expect_auth_error(RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS", change(PASSWORD))
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        ("ipv4:203.0.113.7:51234", "203.0.113.7"),
+        ("ipv6:[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"),
+        ("ipv6:[2001:db8:1:2:ffff::9]:443", "2001:db8:1:2::/64"),
+        ("ipv6:[::ffff:203.0.113.7]:443", "203.0.113.7"),
+        ("unix:/tmp/socket", "unix:/tmp/socket"),
+    ],
+)
+def test_client_address_ignores_the_port_and_groups_ipv6_by_64(peer: str, key: str) -> None:
+    assert client_address(peer) == key
