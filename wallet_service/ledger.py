@@ -23,7 +23,6 @@ from uuid import UUID
 
 import psycopg_pool
 from psycopg import errors as pg_errors
-from shared.tokens import Principal
 
 from shared.errors import (
     ServiceError,
@@ -33,6 +32,7 @@ from shared.errors import (
     failed_precondition,
     not_found,
 )
+from shared.tokens import Principal
 from wallet_service import repository as repo
 from wallet_service.models import Movement, MovementResult, Wallet
 from wallet_service.permissions import can_use
@@ -131,17 +131,15 @@ async def _move_once(
     if failure is not None:
         await repo.record_failure(conn, principal.subject, key, failure.reason, failure.message)
         return failure
-    currency = wallets[movement.wallet_ids[0]].currency
-    transaction = await repo.insert_transaction(
-        conn, uuid.uuid4(), movement, currency, key, principal.subject
+    transaction, balances_after = await repo.apply_movement(
+        conn,
+        uuid.uuid4(),
+        movement,
+        _balance_changes(movement),
+        wallets[movement.wallet_ids[0]].currency,
+        key,
+        principal.subject,
     )
-    balances_after = {}
-    for wallet_id, change in _balance_changes(movement):
-        balances_after[wallet_id] = await repo.add_to_balance(conn, wallet_id, change)
-        await repo.insert_ledger_entry(
-            conn, transaction, wallet_id, change, balances_after[wallet_id]
-        )
-    await repo.record_success(conn, principal.subject, key, transaction.id, balances_after)
     return MovementResult(transaction, balances_after, replayed=False)
 
 
@@ -160,8 +158,7 @@ async def _replay(
         return failed_precondition(record["error_reason"], record["error_message"])
     transaction = await repo.get_transaction(conn, record["transaction_id"])
     assert transaction is not None, "an idempotency record points at its transaction"
-    balances = {UUID(wallet_id): balance for wallet_id, balance in record["balances_after"].items()}
-    return MovementResult(transaction, balances, replayed=True)
+    return MovementResult(transaction, repo.stored_balances(record), replayed=True)
 
 
 async def _lock_wallets(conn: repo.Conn, wallet_ids: list[UUID]) -> dict[UUID, Wallet]:

@@ -1,7 +1,6 @@
 """All of the wallet service's SQL. Functions take an open connection; the caller owns the
 transaction. Tables live in the `wallet` schema (migrations/wallet/)."""
 
-import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -89,59 +88,75 @@ async def list_wallets(
     return [_wallet(row) for row in rows]
 
 
-async def add_to_balance(conn: Conn, wallet_id: UUID, change: int) -> int:
-    """Applies a signed change to a wallet locked by this transaction; returns the new balance."""
-    cursor = await conn.execute(
-        "UPDATE wallet.wallets SET balance = balance + %s, updated_at = now()"
-        " WHERE id = %s RETURNING balance",
-        (change, wallet_id),
-    )
-    row = await cursor.fetchone()
-    assert row is not None, "the wallet is locked by this transaction"
-    return int(row[0])
-
-
 # --- the ledger ----------------------------------------------------------------------------
 
 
-async def insert_transaction(
+# Applies a checked movement to wallets this transaction has locked, in one round trip (the
+# row locks are held until commit, so fewer round trips mean a hot wallet serves more calls):
+# append the transaction, apply each signed change, append one ledger entry per wallet with
+# its balance after, and record the outcome under the caller's idempotency key.
+APPLY_MOVEMENT = f"""
+WITH changes AS (
+    SELECT * FROM unnest(%(wallet_ids)s::uuid[], %(changes)s::bigint[]) AS c (wallet_id, change)
+), transaction AS (
+    INSERT INTO wallet.transactions AS t (id, type, amount, currency, source_wallet_id,
+        destination_wallet_id, idempotency_key, reference, requested_by)
+    VALUES (%(id)s, %(type)s, %(amount)s, %(currency)s, %(source)s, %(destination)s,
+        %(key)s, %(reference)s, %(principal)s)
+    RETURNING {TRANSACTION_COLUMNS}
+), updated AS (
+    UPDATE wallet.wallets w SET balance = w.balance + c.change, updated_at = now()
+    FROM changes c WHERE w.id = c.wallet_id
+    RETURNING w.id, w.balance, c.change
+), entries AS (
+    INSERT INTO wallet.ledger_entries (wallet_id, transaction_id, type, amount, balance_after)
+    SELECT u.id, %(id)s, %(type)s, u.change, u.balance FROM updated u ORDER BY u.id
+), balances AS (
+    SELECT jsonb_object_agg(u.id, u.balance) AS balances_after FROM updated u
+), outcome AS (
+    UPDATE wallet.idempotency_keys k
+    SET status = 'succeeded', transaction_id = %(id)s, balances_after = b.balances_after
+    FROM balances b WHERE k.principal = %(principal)s AND k.key = %(key)s
+)
+SELECT t.*, b.balances_after FROM transaction t, balances b
+"""
+
+
+async def apply_movement(
     conn: Conn,
     transaction_id: UUID,
     movement: Movement,
+    changes: list[tuple[UUID, int]],
     currency: str,
     idempotency_key: str,
-    requested_by: str,
-) -> Transaction:
+    principal: str,
+) -> tuple[Transaction, dict[UUID, int]]:
+    """Writes a movement whose wallets are locked and checked; returns the transaction and
+    each wallet's balance after it."""
     row = await _one(
         conn,
-        "INSERT INTO wallet.transactions AS t (id, type, amount, currency, source_wallet_id,"
-        " destination_wallet_id, idempotency_key, reference, requested_by)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        f" RETURNING {TRANSACTION_COLUMNS}",
-        (
-            transaction_id,
-            movement.type.value,
-            movement.amount,
-            currency,
-            movement.source_wallet_id,
-            movement.destination_wallet_id,
-            idempotency_key,
-            movement.reference,
-            requested_by,
-        ),
+        APPLY_MOVEMENT,
+        {
+            "wallet_ids": [wallet_id for wallet_id, _ in changes],
+            "changes": [change for _, change in changes],
+            "id": transaction_id,
+            "type": movement.type.value,
+            "amount": movement.amount,
+            "currency": currency,
+            "source": movement.source_wallet_id,
+            "destination": movement.destination_wallet_id,
+            "key": idempotency_key,
+            "reference": movement.reference,
+            "principal": principal,
+        },
     )
     assert row is not None
-    return _transaction(row)
+    return _transaction(row), stored_balances(row)
 
 
-async def insert_ledger_entry(
-    conn: Conn, transaction: Transaction, wallet_id: UUID, change: int, balance_after: int
-) -> None:
-    await conn.execute(
-        "INSERT INTO wallet.ledger_entries (wallet_id, transaction_id, type, amount, balance_after)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (wallet_id, transaction.id, transaction.type.value, change, balance_after),
-    )
+def stored_balances(row: dict[str, Any]) -> dict[UUID, int]:
+    """The `balances_after` JSON of a movement or idempotency row, keyed by wallet id."""
+    return {UUID(wallet_id): int(balance) for wallet_id, balance in row["balances_after"].items()}
 
 
 async def get_transaction(conn: Conn, transaction_id: UUID) -> Transaction | None:
@@ -216,21 +231,6 @@ async def get_idempotency_record(conn: Conn, principal: str, key: str) -> dict[s
         "SELECT request_hash, status, transaction_id, balances_after, error_reason, error_message"
         " FROM wallet.idempotency_keys WHERE principal = %s AND key = %s",
         (principal, key),
-    )
-
-
-async def record_success(
-    conn: Conn, principal: str, key: str, transaction_id: UUID, balances_after: dict[UUID, int]
-) -> None:
-    await conn.execute(
-        "UPDATE wallet.idempotency_keys SET status = 'succeeded', transaction_id = %s,"
-        " balances_after = %s WHERE principal = %s AND key = %s",
-        (
-            transaction_id,
-            json.dumps({str(wallet_id): balance for wallet_id, balance in balances_after.items()}),
-            principal,
-            key,
-        ),
     )
 
 
