@@ -82,7 +82,11 @@ async def rotate_keys(database: Database) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m auth_service.admin", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m auth_service.admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create-service-account", help="print a new client id and secret")
     create.add_argument("--name", required=True, help="who will use it, e.g. payments")

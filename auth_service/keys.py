@@ -9,6 +9,7 @@ until every token it signed has expired. Key ids are RFC 7638 JWK thumbprints.
 import base64
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from auth_service.messages import timestamp
 from auth_service.models import PublishedKey
 from auth_service.repository import Conn
 from shared.gen.auth.v1 import auth_pb2
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 # Published a little longer than the token lifetime: clocks differ, and an instance may
@@ -76,7 +79,9 @@ async def create_first_key(conn: Conn) -> None:
     """Creates the active key unless there is one; safe when instances start together."""
     await repo.lock_signing_keys(conn)
     if await repo.active_signing_key(conn) is None:
-        await _insert(conn, generate_key())
+        key = generate_key()
+        await _insert(conn, key)
+        log.info("created the first signing key", extra={"key_id": key.id})
 
 
 async def rotate(conn: Conn) -> str:

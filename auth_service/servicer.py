@@ -12,7 +12,7 @@ from auth_service.messages import timestamp, user_message
 from auth_service.models import User
 from auth_service.passwords import PasswordHasher, check_policy
 from auth_service.sessions import IssuedRefreshToken, Sessions, end_all_sessions
-from auth_service.throttle import LoginThrottle, client_address
+from auth_service.throttle import LoginThrottle, account_key, client_address
 from auth_service.tokens import AccessToken, AccessTokenIssuer, secret_hash
 from auth_service.validation import normalise_email, valid_display_name, valid_email
 from shared.errors import already_exists, permission_denied, unauthenticated
@@ -117,7 +117,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def _check_password(self, email: str, password: str, context: Any) -> User:
         """The user if the password is right; throttled, and as slow for an unknown email."""
-        attempt = await self._throttle.attempt(email, client_address(context.peer()))
+        attempt = await self._throttle.attempt(account_key(email), client_address(context.peer()))
         async with self._pool.connection() as conn:
             user = await repo.user_by_email(conn, email)
         if not await self._passwords.verify(password, user.password_hash if user else None):

@@ -8,6 +8,7 @@ hold an account's door shut only by spending its whole budget every window.
 """
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import math
@@ -18,6 +19,7 @@ import psycopg_pool
 
 from auth_service import repository as repo
 from auth_service.models import ThrottleCount
+from auth_service.validation import MAX_EMAIL_LENGTH
 from shared.errors import resource_exhausted
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,14 @@ class LoginThrottle:
                     await repo.delete_ended_throttle_windows(conn, self._window)
             except Exception:
                 log.exception("deleting ended login throttle windows failed; will try again")
+
+
+def account_key(email: str) -> str:
+    """The throttling key of a (normalised) email; an absurdly long one is hashed so that
+    made-up megabyte emails cannot bloat the table."""
+    if len(email) <= MAX_EMAIL_LENGTH:
+        return email
+    return "sha256:" + hashlib.sha256(email.encode()).hexdigest()
 
 
 def client_address(peer: str) -> str:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from auth_service.throttle import client_address
+from auth_service.throttle import account_key, client_address
 from shared.errors import error_info
 from shared.gen.auth.v1 import auth_pb2
 from tests.auth_helpers import (
@@ -148,3 +148,10 @@ async def test_change_password_guesses_count_against_the_account(
 )
 def test_client_address_ignores_the_port_and_groups_ipv6_by_64(peer: str, key: str) -> None:
     assert client_address(peer) == key
+
+
+def test_an_absurdly_long_email_is_counted_under_a_short_key() -> None:
+    assert account_key("ada@example.com") == "ada@example.com"
+    long_key = account_key("x" * 1_000_000 + "@example.com")
+    assert long_key.startswith("sha256:")
+    assert len(long_key) == 71
