@@ -13,7 +13,7 @@ from auth_service.models import User
 from auth_service.passwords import PasswordHasher, check_policy
 from auth_service.sessions import IssuedRefreshToken, Sessions, end_all_sessions
 from auth_service.throttle import LoginThrottle, account_key, client_address
-from auth_service.tokens import AccessToken, AccessTokenIssuer, secret_hash
+from auth_service.tokens import AccessTokenIssuer, secret_hash
 from auth_service.validation import normalise_email, valid_display_name, valid_email
 from shared.errors import already_exists, permission_denied, unauthenticated
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -61,7 +61,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         email = normalise_email(request.email)
         user = await self._check_password(email, request.password, context)
         if self._passwords.needs_rehash(user.password_hash):  # BCRYPT_COST changed since
-            await self._set_password(user, request.password)
+            await self._rehash(user, request.password)
         tokens = await self._token_pair(user.id, await self._sessions.start(user.id))
         return auth_pb2.LoginResponse(tokens=tokens, user=user_message(user))
 
@@ -126,7 +126,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await self._throttle.succeeded(attempt)
         return user
 
-    async def _set_password(self, user: User, password: str) -> None:
+    async def _rehash(self, user: User, password: str) -> None:
         new_hash = await self._passwords.hash(password)
         async with self._pool.connection() as conn:
             await repo.update_password_hash(conn, user.id, new_hash)
@@ -149,7 +149,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def _token_pair(
         self, user_id: uuid.UUID, refresh_token: IssuedRefreshToken
     ) -> auth_pb2.TokenPair:
-        access_token: AccessToken = await self._access_tokens.issue(str(user_id))
+        access_token = await self._access_tokens.issue(str(user_id))
         return auth_pb2.TokenPair(
             access_token=access_token.token,
             access_token_expire_time=timestamp(access_token.expires_at),
