@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from auth_service import repository as repo
-from auth_service.messages import timestamp
 from auth_service.models import PublishedKey
 from auth_service.repository import Conn
 from shared.gen.auth.v1 import auth_pb2
+from shared.timestamps import to_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,10 @@ class KeyStore:
             algorithm=key.algorithm,
             public_key_pem=key.public_key_pem,
             jwk=json.dumps(jwk),
-            create_time=timestamp(key.created_at),
+            create_time=to_timestamp(key.created_at),
             active=key.retired_at is None,
         )
         if key.retired_at is not None:
             expire_time = key.retired_at + timedelta(seconds=self._published_for)
-            message.expire_time.CopyFrom(timestamp(expire_time))
+            message.expire_time.CopyFrom(to_timestamp(expire_time))
         return message

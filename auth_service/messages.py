@@ -1,17 +1,8 @@
 """Conversions from the auth service's records to protobuf messages."""
 
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
-
 from auth_service.models import User
 from shared.gen.auth.v1 import auth_pb2
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(moment)
-    return message
+from shared.timestamps import to_timestamp
 
 
 def user_message(user: User) -> auth_pb2.User:
@@ -19,5 +10,5 @@ def user_message(user: User) -> auth_pb2.User:
         id=str(user.id),
         email=user.email,
         display_name=user.display_name,
-        create_time=timestamp(user.created_at),
+        create_time=to_timestamp(user.created_at),
     )

@@ -8,7 +8,7 @@ import psycopg_pool
 
 from auth_service import repository as repo
 from auth_service.keys import KeyStore
-from auth_service.messages import timestamp, user_message
+from auth_service.messages import user_message
 from auth_service.models import User
 from auth_service.passwords import PasswordHasher, check_policy
 from auth_service.sessions import IssuedRefreshToken, Sessions, end_all_sessions
@@ -17,6 +17,7 @@ from auth_service.tokens import AccessTokenIssuer, secret_hash
 from auth_service.validation import normalise_email, valid_display_name, valid_email
 from shared.errors import already_exists, permission_denied, unauthenticated
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from shared.timestamps import to_timestamp
 from shared.tokens import TokenVerifier, bearer_token
 
 TOKEN_TYPE = "Bearer"
@@ -103,7 +104,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         access_token = await self._access_tokens.issue(account.client_id, account.scopes)
         return auth_pb2.IssueServiceTokenResponse(
             access_token=access_token.token,
-            access_token_expire_time=timestamp(access_token.expires_at),
+            access_token_expire_time=to_timestamp(access_token.expires_at),
             scopes=account.scopes,
             token_type=TOKEN_TYPE,
         )
@@ -152,8 +153,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         access_token = await self._access_tokens.issue(str(user_id))
         return auth_pb2.TokenPair(
             access_token=access_token.token,
-            access_token_expire_time=timestamp(access_token.expires_at),
+            access_token_expire_time=to_timestamp(access_token.expires_at),
             refresh_token=refresh_token.token,
-            refresh_token_expire_time=timestamp(refresh_token.expires_at),
+            refresh_token_expire_time=to_timestamp(refresh_token.expires_at),
             token_type=TOKEN_TYPE,
         )

@@ -6,15 +6,14 @@ from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any
 
 import grpc
-import pytest
 
 from auth_service.admin import create_service_account
 from auth_service.config import AuthSettings
 from auth_service.server import start
-from shared.errors import error_info
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from shared.migrations import migrate
 from tests.databases import throwaway_database
+from tests.grpc_errors import expect_status
 
 PASSWORD = "correct horse battery staple"
 DOMAIN = "auth.v1.AuthService"
@@ -32,14 +31,7 @@ async def expect_auth_error(
     code: grpc.StatusCode, reason: str, awaitable: Awaitable[Any]
 ) -> grpc.aio.AioRpcError:
     """Awaits a call that must fail with `code` and an auth ErrorInfo carrying `reason`."""
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await awaitable
-    error = raised.value
-    assert error.code() == code, error.details()
-    info = error_info(error)
-    assert info is not None, "no google.rpc.ErrorInfo in the status"
-    assert (info.domain, info.reason) == (DOMAIN, reason)
-    return error
+    return await expect_status(code, DOMAIN, reason, awaitable)
 
 
 @contextlib.contextmanager

@@ -4,18 +4,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.gen.wallet.v1 import wallet_pb2
+from shared.timestamps import to_timestamp as ts
 from tests.wallet_helpers import Caller, expect_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-def ts(value: datetime) -> Timestamp:
-    message = Timestamp()
-    message.FromDatetime(value)
-    return message
 
 
 async def history(

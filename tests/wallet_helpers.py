@@ -5,11 +5,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import pytest
 
-from shared.errors import error_info
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tests.auth_helpers import register_and_login, service_token
+from tests.grpc_errors import expect_status
 
 
 @dataclass
@@ -89,13 +88,5 @@ async def new_service(
 
 
 async def expect_error(code: grpc.StatusCode, reason: str, awaitable: Any) -> grpc.aio.AioRpcError:
-    """Awaits a call that must fail with `code` and an ErrorInfo carrying `reason`."""
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await awaitable
-    error = raised.value
-    assert error.code() == code, error.details()
-    info = error_info(error)
-    assert info is not None, "no google.rpc.ErrorInfo in the status"
-    assert info.reason == reason
-    assert info.domain == "wallet.v1.WalletService"
-    return error
+    """Awaits a call that must fail with `code` and a wallet ErrorInfo carrying `reason`."""
+    return await expect_status(code, "wallet.v1.WalletService", reason, awaitable)

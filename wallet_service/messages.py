@@ -1,10 +1,7 @@
 """Domain values -> wallet.v1 protobuf messages."""
 
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from shared.gen.wallet.v1 import wallet_pb2
+from shared.timestamps import to_timestamp
 from wallet_service.currencies import currency_exponent
 from wallet_service.models import LedgerEntry, Transaction, TransactionType, Wallet
 
@@ -16,12 +13,6 @@ TYPE_TO_PROTO = {
 PROTO_TO_TYPE = {proto: type_ for type_, proto in TYPE_TO_PROTO.items()}
 
 
-def timestamp(value: datetime) -> Timestamp:
-    message = Timestamp()
-    message.FromDatetime(value)
-    return message
-
-
 def wallet_message(wallet: Wallet) -> wallet_pb2.Wallet:
     return wallet_pb2.Wallet(
         id=str(wallet.id),
@@ -29,8 +20,8 @@ def wallet_message(wallet: Wallet) -> wallet_pb2.Wallet:
         currency=wallet.currency,
         currency_exponent=currency_exponent(wallet.currency),
         balance=wallet.balance,
-        create_time=timestamp(wallet.created_at),
-        update_time=timestamp(wallet.updated_at),
+        create_time=to_timestamp(wallet.created_at),
+        update_time=to_timestamp(wallet.updated_at),
     )
 
 
@@ -44,7 +35,7 @@ def transaction_message(transaction: Transaction) -> wallet_pb2.Transaction:
         destination_wallet_id=str(transaction.destination_wallet_id or ""),
         idempotency_key=transaction.idempotency_key,
         reference=transaction.reference,
-        create_time=timestamp(transaction.created_at),
+        create_time=to_timestamp(transaction.created_at),
     )
 
 
