@@ -11,10 +11,11 @@ BUF_VERSION := 1.75.0
 BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run migrate test lint bench up down clean
+.PHONY: help install proto run migrate test lint bench up down clean \
+	service-account rotate-keys check-invariants
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +37,6 @@ proto: $(GENERATED) ## Generate Python messages, stubs and .pyi from protos/ int
 run: $(GENERATED) ## Run both services (a private PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m shared.local_run
 
-migrate: $(GENERATED) ## Apply pending migrations to DATABASE_URL
-	$(PY) -m shared.migrations
 
 test: $(GENERATED) ## Run the test suite against a throwaway database
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -50,6 +49,22 @@ lint: $(GENERATED) ## buf lint, ruff and mypy
 
 bench: $(GENERATED) ## Measure throughput of the money path
 	$(PY) -m tests.bench
+
+# Operator commands: against DATABASE_URL, else the private PostgreSQL of a running `make run`.
+LOCAL_DATABASE_URL := postgresql://postgres@/wallet_system?host=$(CURDIR)/.data/postgres
+OPERATOR := DATABASE_URL="$(or $(DATABASE_URL),$(LOCAL_DATABASE_URL))" $(PY) -m
+
+service-account: $(GENERATED) ## Create a service account: make service-account NAME=payments SCOPES=wallet:credit
+	$(OPERATOR) auth_service.admin create-service-account --name "$(NAME)" --scopes $(SCOPES)
+
+rotate-keys: $(GENERATED) ## Start signing access tokens with a new key
+	$(OPERATOR) auth_service.admin rotate-keys
+
+migrate: $(GENERATED) ## Apply pending migrations (make run and the services do it too)
+	$(OPERATOR) shared.migrations
+
+check-invariants: $(GENERATED) ## Check every balance against the ledger (exit 1 if one fails)
+	$(OPERATOR) wallet_service.admin check-invariants
 
 up: ## docker compose up (needs a Docker engine)
 	docker compose up --build
