@@ -6,6 +6,7 @@ from auth_service.config import AuthSettings
 from auth_service.server import start
 from shared.config import load_settings
 from shared.logs import configure_logging
+from shared.metrics import serve_metrics
 from shared.migrations import migrate
 from shared.server import serve_until_signal
 
@@ -20,6 +21,7 @@ def main() -> None:
     configure_logging("auth", settings.log_level)
     if settings.auto_migrate:
         migrate(settings.database_url, "auth")
+    serve_metrics(settings.auth_metrics_port)
     asyncio.run(_serve(settings))
 
 

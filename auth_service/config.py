@@ -11,6 +11,8 @@ DAY = 24 * 3600
 class AuthSettings(CommonSettings):
     auth_host: str = "[::]"
     auth_port: int = Field(50051, ge=0, le=65535)
+    # Prometheus /metrics over HTTP; 0 turns it off.
+    auth_metrics_port: int = Field(9051, ge=0, le=65535)
     # Apply pending migrations/auth files at start-up.
     auto_migrate: bool = True
 

@@ -18,6 +18,7 @@ import psycopg_pool
 
 from shared.errors import ServiceError, aborted, deadline_exceeded, unavailable
 from shared.logs import request_id_var
+from shared.metrics import record_rpc
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
     """Gives every call a request id (the caller's `x-request-id` or a new one),
-    echoes it in the response metadata, and logs one line per call."""
+    echoes it in the response metadata, logs one line per call and records its metrics."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -66,12 +67,14 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
                 finally:
+                    seconds = time.perf_counter() - started
+                    record_rpc(method, _code_name(code), seconds)
                     log.info(
                         "rpc",
                         extra={
                             "method": method,
                             "code": _code_name(code),
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                            "duration_ms": round(seconds * 1000, 2),
                         },
                     )
 

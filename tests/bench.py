@@ -151,6 +151,8 @@ def main() -> int:
             "WALLET_HOST": "127.0.0.1",
             "WALLET_PORT": str(wallet_port),
             "AUTH_ADDRESS": f"127.0.0.1:{auth_port}",
+            "AUTH_METRICS_PORT": "0",
+            "WALLET_METRICS_PORT": "0",
             "BCRYPT_COST": os.environ.get("BCRYPT_COST", "4"),
         }
         servers = [

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -150,13 +151,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_sigterm_stops_the_process_cleanly(database_url: str) -> None:
-    port = free_port()
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+async def test_the_process_serves_metrics_and_stops_cleanly_on_sigterm(
+    database_url: str,
+) -> None:
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "AUTH_HOST": "127.0.0.1",
         "AUTH_PORT": str(port),
+        "AUTH_METRICS_PORT": str(metrics_port),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "auth_service", env=env, stderr=asyncio.subprocess.PIPE
@@ -171,6 +180,11 @@ async def test_sigterm_stops_the_process_cleanly(database_url: str) -> None:
                 pass
             assert time.monotonic() < deadline, "server did not become healthy"
             await asyncio.sleep(0.2)
+        metrics = await asyncio.to_thread(scrape, metrics_port)
+        assert (
+            'grpc_server_handled_total{grpc_code="OK",grpc_method="/grpc.health.v1.Health/Check"}'
+            in metrics
+        )
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
         assert process.returncode == 0

@@ -4,6 +4,7 @@ import asyncio
 
 from shared.config import load_settings
 from shared.logs import configure_logging
+from shared.metrics import serve_metrics
 from shared.migrations import migrate
 from shared.server import serve_until_signal
 from wallet_service.config import WalletSettings
@@ -20,6 +21,7 @@ def main() -> None:
     configure_logging("wallet", settings.log_level)
     if settings.auto_migrate:
         migrate(settings.database_url, "wallet")
+    serve_metrics(settings.wallet_metrics_port)
     asyncio.run(_serve(settings))
 
 

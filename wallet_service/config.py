@@ -10,6 +10,8 @@ SERVICE_NAME = "wallet.v1.WalletService"
 class WalletSettings(CommonSettings):
     wallet_host: str = "[::]"
     wallet_port: int = Field(50052, ge=0, le=65535)
+    # Prometheus /metrics over HTTP; 0 turns it off.
+    wallet_metrics_port: int = Field(9052, ge=0, le=65535)
     # Apply pending migrations/wallet files at start-up.
     auto_migrate: bool = True
     # The auth service, whose GetPublicKeys verifies access tokens.
