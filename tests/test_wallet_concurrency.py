@@ -9,11 +9,9 @@ from typing import Any
 
 import grpc
 import psycopg
-import pytest
 
 from shared.errors import error_info
-from shared.gen.wallet.v1 import wallet_pb2
-from tests.wallet_helpers import Caller, expect_error, new_key
+from tests.wallet_helpers import Caller
 from wallet_service.admin import check_invariants
 
 
@@ -88,43 +86,6 @@ async def test_concurrent_credits_and_transfers_into_one_wallet_all_count(
     assert await user.balance(target) == 100 * 3 + 100 * 5
     assert await other_user.balance(source) == 0
     await assert_invariants_hold(database_url)
-
-
-async def test_a_client_deadline_bounds_the_wait_for_a_locked_wallet(
-    user: Caller, payments: Caller, database_url: str
-) -> None:
-    wallet_id = (await user.create_wallet()).id
-    await payments.credit(wallet_id, 100)
-    with psycopg.connect(database_url) as blocker:
-        blocker.execute("SELECT 1 FROM wallet.wallets WHERE id = %s FOR UPDATE", (wallet_id,))
-        started = asyncio.get_running_loop().time()
-        request = wallet_pb2.DebitRequest(wallet_id=wallet_id, amount=10, idempotency_key="slow")
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await user.call("Debit", request, deadline_seconds=1.0)
-        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert asyncio.get_running_loop().time() - started < 5
-        blocker.rollback()
-    # Nothing was applied, and the same key still works once the lock is gone.
-    assert await user.balance(wallet_id) == 100
-    assert (await user.call("Debit", request)).balance_after == 90
-    await assert_invariants_hold(database_url)
-
-
-async def test_without_a_deadline_a_long_lock_wait_is_aborted_not_refused(
-    user: Caller, payments: Caller, database_url: str, wallet_server: Any
-) -> None:
-    wallet_id = (await user.create_wallet()).id
-    await payments.credit(wallet_id, 100)
-    with psycopg.connect(database_url) as blocker:
-        blocker.execute("SELECT 1 FROM wallet.wallets WHERE id = %s FOR UPDATE", (wallet_id,))
-        request = wallet_pb2.DebitRequest(wallet_id=wallet_id, amount=10, idempotency_key=new_key())
-        await expect_error(
-            grpc.StatusCode.ABORTED,
-            "LOCK_TIMEOUT",
-            user.stub.Debit(request, metadata=user.metadata),  # no deadline
-        )
-        blocker.rollback()
-    assert await user.balance(wallet_id) == 100
 
 
 def run_invariant_command(database_url: str) -> subprocess.CompletedProcess[str]:

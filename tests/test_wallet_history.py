@@ -4,10 +4,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.gen.wallet.v1 import wallet_pb2
 from shared.timestamps import to_timestamp as ts
 from tests.wallet_helpers import Caller, expect_error
+from wallet_service import page_tokens
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -178,3 +180,48 @@ async def test_history_rejects_bad_requests(
             "ListTransactions", wallet_pb2.ListTransactionsRequest(wallet_id=wallet_id)
         ),
     )
+
+
+async def test_out_of_range_times_are_invalid_arguments(user: Caller) -> None:
+    wallet_id = (await user.create_wallet()).id
+    for bad in (
+        Timestamp(seconds=2**62),
+        Timestamp(seconds=0, nanos=-5),
+        Timestamp(seconds=-(2**40)),
+    ):
+        await expect_error(
+            INVALID,
+            "INVALID_TIME_RANGE",
+            user.call(
+                "ListTransactions",
+                wallet_pb2.ListTransactionsRequest(wallet_id=wallet_id, start_time=bad),
+            ),
+        )
+
+
+async def test_forged_page_tokens_are_invalid_arguments(user: Caller) -> None:
+    """The token is unsigned, so a caller can build one with the right filter digest."""
+    wallet_id = (await user.create_wallet()).id
+    history_filters = [wallet_id, 0, None, None]
+    for cursor in ([10**30], [True], [-1], ["1"], [1, 2]):
+        await expect_error(
+            INVALID,
+            "INVALID_PAGE_TOKEN",
+            user.call(
+                "ListTransactions",
+                wallet_pb2.ListTransactionsRequest(
+                    wallet_id=wallet_id, page_token=page_tokens.encode(cursor, history_filters)
+                ),
+            ),
+        )
+    for cursor in (["2024-01-01T00:00:00+00:00", 5], ["yesterday", wallet_id], [1, 2, 3]):
+        await expect_error(
+            INVALID,
+            "INVALID_PAGE_TOKEN",
+            user.call(
+                "ListWallets",
+                wallet_pb2.ListWalletsRequest(
+                    page_token=page_tokens.encode(cursor, ["wallets", user.subject])
+                ),
+            ),
+        )

@@ -6,6 +6,7 @@ import grpc
 import psycopg
 import pytest
 
+from shared.errors import error_info
 from shared.gen.wallet.v1 import wallet_pb2
 from tests.wallet_helpers import Caller, expect_error, new_key
 
@@ -80,7 +81,10 @@ async def test_idempotency_key_is_required_and_bounded(user: Caller, payments: C
     assert await user.balance(wallet_id) == 9
 
 
-async def test_reference_is_bounded(user: Caller, payments: Caller) -> None:
+@pytest.mark.parametrize("reference", ["r" * 257, "nul\x00inside", "line\nbreak"])
+async def test_reference_is_bounded_and_printable(
+    user: Caller, payments: Caller, reference: str
+) -> None:
     wallet = await user.create_wallet()
     await expect_error(
         INVALID,
@@ -88,10 +92,11 @@ async def test_reference_is_bounded(user: Caller, payments: Caller) -> None:
         payments.call(
             "Credit",
             wallet_pb2.CreditRequest(
-                wallet_id=wallet.id, amount=1, idempotency_key=new_key(), reference="r" * 257
+                wallet_id=wallet.id, amount=1, idempotency_key=new_key(), reference=reference
             ),
         ),
     )
+    assert await user.balance(wallet.id) == 0
 
 
 async def test_credit_to_a_missing_wallet_is_not_found(payments: Caller) -> None:
@@ -250,9 +255,16 @@ async def test_the_first_outcome_of_a_key_is_final_even_a_refusal(
     user: Caller, payments: Caller
 ) -> None:
     wallet_id = await funded_wallet(user, payments, 10)
-    await expect_error(PRECONDITION, "INSUFFICIENT_FUNDS", user.debit(wallet_id, 50, key="k-50"))
+    first = await expect_error(
+        PRECONDITION, "INSUFFICIENT_FUNDS", user.debit(wallet_id, 50, key="k-50")
+    )
     await payments.credit(wallet_id, 100)
-    await expect_error(PRECONDITION, "INSUFFICIENT_FUNDS", user.debit(wallet_id, 50, key="k-50"))
+    again = await expect_error(
+        PRECONDITION, "INSUFFICIENT_FUNDS", user.debit(wallet_id, 50, key="k-50")
+    )
+    assert again.details() == first.details()
+    assert error_info(again) == error_info(first)  # metadata included
+    assert error_info(again).metadata["wallet_id"] == wallet_id  # type: ignore[union-attr]
     assert await user.balance(wallet_id) == 110
 
 

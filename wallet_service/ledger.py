@@ -35,12 +35,12 @@ from shared.errors import (
 from shared.tokens import Principal
 from wallet_service import repository as repo
 from wallet_service.models import Movement, MovementResult, Wallet
-from wallet_service.permissions import can_use
+from wallet_service.permissions import usable_owner
 
 INT64_MAX = 2**63 - 1
 MAX_ATTEMPTS = 5
 # Time kept back from the client's deadline to answer before it passes.
-DEADLINE_MARGIN_SECONDS = 0.05
+DEADLINE_MARGIN_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ async def move_money(
                 ) from None
             await asyncio.sleep(random.uniform(0, min(0.2, 0.01 * 2**attempt)))
         except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
-            if time_remaining() is not None:
+            remaining = time_remaining()
+            if remaining is not None and remaining <= 2 * DEADLINE_MARGIN_SECONDS:
                 raise deadline_exceeded(
                     "DEADLINE_EXCEEDED", "the deadline passed while waiting for the wallet"
                 ) from None
@@ -112,7 +113,7 @@ async def _bound_waits(conn: repo.Conn, remaining: float | None, limits: Limits)
         lock_timeout = min(lock_timeout, usable)
         statement_timeout = min(statement_timeout, usable)
     await repo.set_local_timeouts(
-        conn, max(1, int(lock_timeout * 1000)), max(1, int(statement_timeout * 1000))
+        conn, max(1, round(lock_timeout * 1000)), max(1, round(statement_timeout * 1000))
     )
 
 
@@ -123,13 +124,15 @@ async def _move_once(
     key: str,
     request_hash: str,
 ) -> MovementResult | ServiceError:
-    if not await repo.claim_idempotency_key(conn, principal.subject, key, request_hash):
-        return await _replay(conn, principal.subject, key, request_hash)
-    wallets = await _lock_wallets(conn, movement.wallet_ids)
-    _check_access(principal, movement, wallets)
+    record = await repo.claim_idempotency_key(conn, principal.subject, key, request_hash)
+    if not record["claimed"]:
+        return await _replay(conn, record, request_hash)
+    wallets = await _lock_wallets(conn, principal, movement)
     failure = _business_failure(movement, wallets)
     if failure is not None:
-        await repo.record_failure(conn, principal.subject, key, failure.reason, failure.message)
+        await repo.record_failure(
+            conn, principal.subject, key, failure.reason, failure.message, failure.metadata
+        )
         return failure
     transaction, balances_after = await repo.apply_movement(
         conn,
@@ -144,40 +147,38 @@ async def _move_once(
 
 
 async def _replay(
-    conn: repo.Conn, principal: str, key: str, request_hash: str
+    conn: repo.Conn, record: dict[str, Any], request_hash: str
 ) -> MovementResult | ServiceError:
-    record = await repo.get_idempotency_record(conn, principal, key)
-    if record is None:  # removed by cleanup in between: let the client retry
-        raise aborted("CONCURRENT_UPDATE", "idempotency record changed; retry with the same key")
     if record["request_hash"] != request_hash:
         raise already_exists(
             "IDEMPOTENCY_KEY_REUSED",
             "this idempotency key was used for a different request; use a new key",
         )
     if record["status"] == "failed":
-        return failed_precondition(record["error_reason"], record["error_message"])
+        return failed_precondition(
+            record["error_reason"], record["error_message"], **record["error_metadata"]
+        )
     transaction = await repo.get_transaction(conn, record["transaction_id"])
     assert transaction is not None, "an idempotency record points at its transaction"
     return MovementResult(transaction, repo.stored_balances(record), replayed=True)
 
 
-async def _lock_wallets(conn: repo.Conn, wallet_ids: list[UUID]) -> dict[UUID, Wallet]:
-    """Locks each wallet in ascending id order: every movement takes locks in the same order."""
+async def _lock_wallets(
+    conn: repo.Conn, principal: Principal, movement: Movement
+) -> dict[UUID, Wallet]:
+    """Locks each wallet in ascending id order: every movement takes locks in the same order.
+
+    Money leaves only a wallet the caller may use: another user's source wallet is not even
+    locked, and looks absent (NOT_FOUND). Money may enter any wallet.
+    """
     wallets = {}
-    for wallet_id in sorted(wallet_ids):
-        wallet = await repo.lock_wallet(conn, wallet_id)
+    for wallet_id in sorted(movement.wallet_ids):
+        owner = usable_owner(principal) if wallet_id == movement.source_wallet_id else None
+        wallet = await repo.lock_wallet(conn, wallet_id, owner)
         if wallet is None:
             raise not_found("WALLET_NOT_FOUND", f"wallet {wallet_id} not found")
         wallets[wallet_id] = wallet
     return wallets
-
-
-def _check_access(principal: Principal, movement: Movement, wallets: dict[UUID, Wallet]) -> None:
-    """Money leaves only a wallet the caller may use; another user's wallet looks absent."""
-    if movement.source_wallet_id is None:
-        return  # a credit: the servicer checked the scope
-    if not can_use(principal, wallets[movement.source_wallet_id]):
-        raise not_found("WALLET_NOT_FOUND", f"wallet {movement.source_wallet_id} not found")
 
 
 def _business_failure(movement: Movement, wallets: dict[UUID, Wallet]) -> ServiceError | None:

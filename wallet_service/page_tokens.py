@@ -9,9 +9,11 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
-from shared.errors import invalid_argument
+from shared.errors import ServiceError, invalid_argument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -40,11 +42,32 @@ def decode(token: str, filters: Any) -> list[Any] | None:
         payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor, digest = payload["c"], payload["f"]
     except (binascii.Error, ValueError, TypeError, KeyError):
-        raise invalid_argument(
-            "INVALID_PAGE_TOKEN", "page_token is not one this API issued"
-        ) from None
+        raise _not_ours() from None
     if not isinstance(cursor, list) or digest != _filters_digest(filters):
         raise invalid_argument(
             "INVALID_PAGE_TOKEN", "page_token was issued for other filters; start again"
         )
     return cursor
+
+
+def entry_cursor(cursor: list[Any]) -> int:
+    """A history cursor: the id of the last ledger entry seen."""
+    if len(cursor) == 1 and type(cursor[0]) is int and 0 < cursor[0] < 2**63:
+        return cursor[0]
+    raise _not_ours()
+
+
+def wallet_cursor(cursor: list[Any]) -> tuple[datetime, UUID]:
+    """A wallet-list cursor: (created_at, id) of the last wallet seen."""
+    if len(cursor) == 2 and all(isinstance(part, str) for part in cursor):
+        try:
+            created_at = datetime.fromisoformat(cursor[0])
+            if created_at.tzinfo is not None:
+                return created_at, UUID(cursor[1])
+        except ValueError:
+            pass
+    raise _not_ours()
+
+
+def _not_ours() -> ServiceError:
+    return invalid_argument("INVALID_PAGE_TOKEN", "page_token is not one this API issued")

@@ -1,18 +1,23 @@
 """Who may do what with a wallet (SPEC: a user acts on its own wallets; `wallet:credit` may
 credit any wallet; `wallet:admin` may act on any wallet)."""
 
-from shared.tokens import Principal
-
 from shared.errors import permission_denied
+from shared.tokens import Principal
 from wallet_service.models import Wallet
 
 CREDIT_SCOPE = "wallet:credit"
 ADMIN_SCOPE = "wallet:admin"
 
 
+def usable_owner(principal: Principal) -> str | None:
+    """Whose wallets the caller may use (read, debit, transfer out of, list the history of):
+    its own, or None for any wallet (`wallet:admin`)."""
+    return None if principal.has_scope(ADMIN_SCOPE) else principal.subject
+
+
 def can_use(principal: Principal, wallet: Wallet) -> bool:
-    """Read it, debit it, transfer out of it, list its history."""
-    return wallet.user_id == principal.subject or principal.has_scope(ADMIN_SCOPE)
+    owner = usable_owner(principal)
+    return owner is None or wallet.user_id == owner
 
 
 def require_credit_scope(principal: Principal) -> None:

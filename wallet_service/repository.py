@@ -7,6 +7,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from wallet_service.models import LedgerEntry, Movement, Transaction, TransactionType, Wallet
 
@@ -62,12 +63,14 @@ async def get_wallet(conn: Conn, wallet_id: UUID) -> Wallet | None:
     return _wallet(row) if row else None
 
 
-async def lock_wallet(conn: Conn, wallet_id: UUID) -> Wallet | None:
-    """Reads the wallet and holds its row lock until the transaction ends."""
+async def lock_wallet(conn: Conn, wallet_id: UUID, owner: str | None = None) -> Wallet | None:
+    """Reads the wallet and holds its row lock until the transaction ends. With `owner`, only
+    that user's wallet: another user's row is neither returned nor locked (nor waited for)."""
     row = await _one(
         conn,
-        f"SELECT {WALLET_COLUMNS} FROM wallet.wallets WHERE id = %s FOR UPDATE",
-        (wallet_id,),
+        f"SELECT {WALLET_COLUMNS} FROM wallet.wallets"
+        " WHERE id = %s AND (%s::text IS NULL OR user_id = %s) FOR UPDATE",
+        (wallet_id, owner, owner),
     )
     return _wallet(row) if row else None
 
@@ -214,31 +217,35 @@ async def list_ledger_entries(
 # --- idempotency ---------------------------------------------------------------------------
 
 
-async def claim_idempotency_key(conn: Conn, principal: str, key: str, request_hash: str) -> bool:
-    """Records the key as in progress. False when it is already taken; a concurrent claim of
-    the same key waits here until the first one commits or rolls back."""
-    cursor = await conn.execute(
-        "INSERT INTO wallet.idempotency_keys (principal, key, request_hash) VALUES (%s, %s, %s)"
-        " ON CONFLICT (principal, key) DO NOTHING",
+async def claim_idempotency_key(
+    conn: Conn, principal: str, key: str, request_hash: str
+) -> dict[str, Any]:
+    """Claims the caller's key, or locks and returns the record that already holds it.
+
+    The returned row has `claimed` true when this call inserted it. A concurrent claim of the
+    same key waits here until the first one commits (then it gets that outcome) or rolls back
+    (then it claims the key itself). One statement, so a clean-up cannot slip in between.
+    """
+    row = await _one(
+        conn,
+        "INSERT INTO wallet.idempotency_keys AS k (principal, key, request_hash)"
+        " VALUES (%s, %s, %s)"
+        " ON CONFLICT (principal, key) DO UPDATE SET key = EXCLUDED.key"
+        " RETURNING (xmax = 0) AS claimed, request_hash, status, transaction_id,"
+        " balances_after, error_reason, error_message, error_metadata",
         (principal, key, request_hash),
     )
-    return cursor.rowcount == 1
+    assert row is not None
+    return row
 
 
-async def get_idempotency_record(conn: Conn, principal: str, key: str) -> dict[str, Any] | None:
-    return await _one(
-        conn,
-        "SELECT request_hash, status, transaction_id, balances_after, error_reason, error_message"
-        " FROM wallet.idempotency_keys WHERE principal = %s AND key = %s",
-        (principal, key),
-    )
-
-
-async def record_failure(conn: Conn, principal: str, key: str, reason: str, message: str) -> None:
+async def record_failure(
+    conn: Conn, principal: str, key: str, reason: str, message: str, metadata: dict[str, str]
+) -> None:
     await conn.execute(
         "UPDATE wallet.idempotency_keys SET status = 'failed', error_reason = %s,"
-        " error_message = %s WHERE principal = %s AND key = %s",
-        (reason, message, principal, key),
+        " error_message = %s, error_metadata = %s WHERE principal = %s AND key = %s",
+        (reason, message, Jsonb(metadata), principal, key),
     )
 
 

@@ -1,7 +1,6 @@
 """The WalletService RPC handlers: validate, authorise, call the ledger or the repository,
 answer. They speak in domain terms; SQL lives in repository.py, money movement in ledger.py."""
 
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -52,7 +51,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         principal = current_principal()
         size = page_tokens.page_size(request.page_size)
         cursor = page_tokens.decode(request.page_token, ["wallets", principal.subject])
-        after = _wallet_cursor(cursor) if cursor else None
+        after = page_tokens.wallet_cursor(cursor) if cursor else None
         async with self._pool.connection() as conn:
             wallets = await repo.list_wallets(conn, principal.subject, after, size + 1)
         next_token = ""
@@ -173,7 +172,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             entries = await repo.list_ledger_entries(
                 conn,
                 wallet_id,
-                before_id=_entry_cursor(cursor) if cursor else None,
+                before_id=page_tokens.entry_cursor(cursor) if cursor else None,
                 type_=type_filter,
                 start_time=start_time,
                 end_time=end_time,
@@ -225,18 +224,3 @@ async def _usable_wallet(conn: repo.Conn, principal: Principal, wallet_id: UUID)
     if wallet is None or not can_use(principal, wallet):
         raise not_found("WALLET_NOT_FOUND", f"wallet {wallet_id} not found")
     return wallet
-
-
-def _wallet_cursor(cursor: list[Any]) -> tuple[datetime, UUID]:
-    try:
-        return datetime.fromisoformat(cursor[0]), UUID(cursor[1])
-    except (IndexError, TypeError, ValueError):
-        raise invalid_argument(
-            "INVALID_PAGE_TOKEN", "page_token is not one this API issued"
-        ) from None
-
-
-def _entry_cursor(cursor: list[Any]) -> int:
-    if len(cursor) != 1 or not isinstance(cursor[0], int):
-        raise invalid_argument("INVALID_PAGE_TOKEN", "page_token is not one this API issued")
-    return cursor[0]

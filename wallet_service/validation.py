@@ -49,9 +49,10 @@ def idempotency_key(value: str) -> str:
 
 
 def reference(value: str) -> str:
-    if len(value) > MAX_REFERENCE_LENGTH:
+    if len(value) > MAX_REFERENCE_LENGTH or not value.isprintable():
         raise invalid_argument(
-            "INVALID_REFERENCE", f"reference is at most {MAX_REFERENCE_LENGTH} characters"
+            "INVALID_REFERENCE",
+            f"reference is at most {MAX_REFERENCE_LENGTH} printable characters",
         )
     return value
 
@@ -67,8 +68,17 @@ def transaction_type_filter(value: int) -> TransactionType | None:
 def time_range(
     start: Timestamp, end: Timestamp, has_start: bool, has_end: bool
 ) -> tuple[datetime | None, datetime | None]:
-    start_time = start.ToDatetime(tzinfo=UTC) if has_start else None
-    end_time = end.ToDatetime(tzinfo=UTC) if has_end else None
+    start_time = _datetime(start, "start_time") if has_start else None
+    end_time = _datetime(end, "end_time") if has_end else None
     if start_time and end_time and start_time >= end_time:
         raise invalid_argument("INVALID_TIME_RANGE", "start_time must be before end_time")
     return start_time, end_time
+
+
+def _datetime(value: Timestamp, field: str) -> datetime:
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise invalid_argument(
+            "INVALID_TIME_RANGE", f"{field} is not a valid time", field=field
+        ) from None
