@@ -1,7 +1,6 @@
 """Waiting for locked wallets, and losing races: bounded, retried, never a business error."""
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,7 +11,13 @@ import pytest
 from shared.errors import ServiceError
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from shared.server import RunningServer
-from tests.wallet_helpers import Caller, expect_error, new_key
+from tests.wallet_helpers import (
+    Caller,
+    expect_error,
+    idempotency_keys_of,
+    insert_aged_idempotency_key,
+    new_key,
+)
 from wallet_service import ledger
 from wallet_service import repository as repo
 from wallet_service.config import WalletSettings
@@ -198,30 +203,16 @@ async def test_a_race_lost_on_every_attempt_is_aborted_never_insufficient_funds(
 async def test_the_service_cleans_expired_idempotency_keys_periodically(
     wallet_settings: WalletSettings, database_url: str
 ) -> None:
-    with psycopg.connect(database_url) as conn:
-        for key, age_hours in (("periodic-old", 30), ("periodic-young", 1)):
-            conn.execute(
-                "INSERT INTO wallet.idempotency_keys (principal, key, request_hash, status,"
-                " error_reason, error_message, created_at)"
-                " VALUES ('periodic-test', %s, 'h', 'failed', 'R', 'm',"
-                " now() - make_interval(hours => %s))",
-                (key, age_hours),
-            )
+    for key, age_hours in (("periodic-old", 30), ("periodic-young", 1)):
+        insert_aged_idempotency_key(database_url, "periodic-test", key, age_hours)
     running = await start_wallet(
         wallet_settings.model_copy(update={"idempotency_cleanup_interval_seconds": 0.2})
     )
     try:
-        deadline = time.monotonic() + 10
-        left = ["periodic-old", "periodic-young"]
-        while "periodic-old" in left and time.monotonic() < deadline:
+        for _ in range(50):
+            if idempotency_keys_of(database_url, "periodic-test") == ["periodic-young"]:
+                break
             await asyncio.sleep(0.2)
-            with psycopg.connect(database_url) as conn:
-                left = [
-                    key
-                    for (key,) in conn.execute(
-                        "SELECT key FROM wallet.idempotency_keys WHERE principal = 'periodic-test'"
-                    )
-                ]
-        assert left == ["periodic-young"]
+        assert idempotency_keys_of(database_url, "periodic-test") == ["periodic-young"]
     finally:
         await running.stop(grace=0)

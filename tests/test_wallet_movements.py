@@ -8,7 +8,13 @@ import pytest
 
 from shared.errors import error_info
 from shared.gen.wallet.v1 import wallet_pb2
-from tests.wallet_helpers import Caller, expect_error, new_key
+from tests.wallet_helpers import (
+    Caller,
+    expect_error,
+    idempotency_keys_of,
+    insert_aged_idempotency_key,
+    new_key,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -303,21 +309,7 @@ async def test_the_database_refuses_a_negative_balance(database_url: str) -> Non
 async def test_cleanup_removes_only_keys_older_than_the_retention(database_url: str) -> None:
     from wallet_service.admin import clean_idempotency_keys
 
-    with psycopg.connect(database_url) as conn:
-        for key, age_hours in (("old-key", 25), ("young-key", 23)):
-            conn.execute(
-                "INSERT INTO wallet.idempotency_keys (principal, key, request_hash, status,"
-                " error_reason, error_message, created_at)"
-                " VALUES ('cleanup-test', %s, 'h', 'failed', 'R', 'm',"
-                " now() - make_interval(hours => %s))",
-                (key, age_hours),
-            )
+    for key, age_hours in (("old-key", 25), ("young-key", 23)):
+        insert_aged_idempotency_key(database_url, "cleanup-test", key, age_hours)
     assert await clean_idempotency_keys(database_url, retention_hours=24) >= 1
-    with psycopg.connect(database_url) as conn:
-        left = [
-            key
-            for (key,) in conn.execute(
-                "SELECT key FROM wallet.idempotency_keys WHERE principal = 'cleanup-test'"
-            )
-        ]
-    assert left == ["young-key"]
+    assert idempotency_keys_of(database_url, "cleanup-test") == ["young-key"]

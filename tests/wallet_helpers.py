@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import psycopg
 
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tests.auth_helpers import register_and_login, service_token
@@ -90,3 +91,25 @@ async def new_service(
 async def expect_error(code: grpc.StatusCode, reason: str, awaitable: Any) -> grpc.aio.AioRpcError:
     """Awaits a call that must fail with `code` and a wallet ErrorInfo carrying `reason`."""
     return await expect_status(code, "wallet.v1.WalletService", reason, awaitable)
+
+
+def insert_aged_idempotency_key(
+    database_url: str, principal: str, key: str, age_hours: float
+) -> None:
+    """An idempotency outcome recorded `age_hours` ago, straight into the database."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO wallet.idempotency_keys (principal, key, request_hash, status,"
+            " error_reason, error_message, created_at)"
+            " VALUES (%s, %s, 'h', 'failed', 'R', 'm', now() - make_interval(hours => %s))",
+            (principal, key, age_hours),
+        )
+
+
+def idempotency_keys_of(database_url: str, principal: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT key FROM wallet.idempotency_keys WHERE principal = %s ORDER BY key",
+            (principal,),
+        )
+        return [key for (key,) in rows]
