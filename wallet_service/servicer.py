@@ -70,34 +70,36 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.CreditResponse:
         principal = current_principal()
         require_credit_scope(principal)
+        wallet_id = validation.wallet_id(request.wallet_id)
         movement = Movement(
             type=TransactionType.CREDIT,
             amount=validation.amount(request.amount),
             source_wallet_id=None,
-            destination_wallet_id=validation.wallet_id(request.wallet_id),
+            destination_wallet_id=wallet_id,
             reference=validation.reference(request.reference),
         )
         result = await self._move(principal, movement, request.idempotency_key, context)
         return wallet_pb2.CreditResponse(
             transaction=transaction_message(result.transaction),
-            balance_after=result.balances_after[movement.destination_wallet_id],  # type: ignore[index]
+            balance_after=result.balances_after[wallet_id],
         )
 
     async def Debit(
         self, request: wallet_pb2.DebitRequest, context: Any
     ) -> wallet_pb2.DebitResponse:
         principal = current_principal()
+        wallet_id = validation.wallet_id(request.wallet_id)
         movement = Movement(
             type=TransactionType.DEBIT,
             amount=validation.amount(request.amount),
-            source_wallet_id=validation.wallet_id(request.wallet_id),
+            source_wallet_id=wallet_id,
             destination_wallet_id=None,
             reference=validation.reference(request.reference),
         )
         result = await self._move(principal, movement, request.idempotency_key, context)
         return wallet_pb2.DebitResponse(
             transaction=transaction_message(result.transaction),
-            balance_after=result.balances_after[movement.source_wallet_id],  # type: ignore[index]
+            balance_after=result.balances_after[wallet_id],
         )
 
     async def Transfer(
