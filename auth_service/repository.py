@@ -55,6 +55,11 @@ USER_BY_ID = f"SELECT {USER_COLUMNS} FROM auth.users WHERE id = %s"
 UPDATE_PASSWORD_HASH = """
     UPDATE auth.users SET password_hash = %s, updated_at = now() WHERE id = %s
 """
+# A rehash at a new bcrypt cost must not undo a password change made meanwhile.
+REPLACE_PASSWORD_HASH = """
+    UPDATE auth.users SET password_hash = %s, updated_at = now()
+    WHERE id = %s AND password_hash = %s
+"""
 
 
 async def insert_user(conn: Conn, email: str, display_name: str, password_hash: str) -> User | None:
@@ -74,11 +79,20 @@ async def update_password_hash(conn: Conn, user_id: UUID, password_hash: str) ->
     await _execute(conn, UPDATE_PASSWORD_HASH, (password_hash, user_id))
 
 
+async def replace_password_hash(conn: Conn, user_id: UUID, old_hash: str, new_hash: str) -> bool:
+    """Swaps `old_hash` for `new_hash`; False when the hash is no longer `old_hash`."""
+    return await _execute(conn, REPLACE_PASSWORD_HASH, (new_hash, user_id, old_hash)) == 1
+
+
 # --- sessions and refresh tokens -----------------------------------------------------------
 
+# Only while the user's password hash is still the one the login checked: FOR SHARE waits for
+# a concurrent ChangePassword (which updates the row, then revokes every session) and then
+# sees the new hash, so a login with the old password cannot slip a session past it.
 INSERT_SESSION = """
     INSERT INTO auth.sessions (user_id, expires_at)
-    VALUES (%s, now() + make_interval(secs => %s))
+    SELECT id, now() + make_interval(secs => %s) FROM auth.users
+    WHERE id = %s AND password_hash = %s FOR SHARE
     RETURNING id, user_id, expires_at
 """
 INSERT_REFRESH_TOKEN = "INSERT INTO auth.refresh_tokens (token_hash, session_id) VALUES (%s, %s)"
@@ -108,10 +122,13 @@ REVOKE_USER_SESSIONS = """
 """
 
 
-async def insert_session(conn: Conn, user_id: UUID, lifetime_seconds: int) -> Session:
-    session = await _fetch_one(conn, Session, INSERT_SESSION, (user_id, lifetime_seconds))
-    assert session is not None  # INSERT ... RETURNING always returns the row
-    return session
+async def insert_session(
+    conn: Conn, user_id: UUID, checked_password_hash: str, lifetime_seconds: int
+) -> Session | None:
+    """A new session, or None when the password changed since it was checked."""
+    return await _fetch_one(
+        conn, Session, INSERT_SESSION, (lifetime_seconds, user_id, checked_password_hash)
+    )
 
 
 async def insert_refresh_token(conn: Conn, token_hash: bytes, session_id: UUID) -> None:

@@ -61,9 +61,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
         email = normalise_email(request.email)
         user = await self._check_password(email, request.password, context)
-        if self._passwords.needs_rehash(user.password_hash):  # BCRYPT_COST changed since
-            await self._rehash(user, request.password)
-        tokens = await self._token_pair(user.id, await self._sessions.start(user.id))
+        password_hash = user.password_hash
+        if self._passwords.needs_rehash(password_hash):  # BCRYPT_COST changed since
+            password_hash = await self._rehash(user, request.password)
+        session = await self._sessions.start(user.id, password_hash)
+        tokens = await self._token_pair(user.id, session)
         return auth_pb2.LoginResponse(tokens=tokens, user=user_message(user))
 
     async def RefreshToken(
@@ -127,10 +129,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await self._throttle.succeeded(attempt)
         return user
 
-    async def _rehash(self, user: User, password: str) -> None:
+    async def _rehash(self, user: User, password: str) -> str:
+        """Stores the password at the current cost; the hash in force afterwards."""
         new_hash = await self._passwords.hash(password)
         async with self._pool.connection() as conn:
-            await repo.update_password_hash(conn, user.id, new_hash)
+            if await repo.replace_password_hash(conn, user.id, user.password_hash, new_hash):
+                return new_hash
+        # The password changed while this login hashed it: the checked one is stale.
+        raise unauthenticated("INVALID_CREDENTIALS", "wrong email or password")
 
     async def _calling_user(self, context: Any) -> User:
         """The user whose access token came with the call."""

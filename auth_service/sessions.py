@@ -31,9 +31,15 @@ class Sessions:
         self._pool = pool
         self._lifetime = lifetime_seconds
 
-    async def start(self, user_id: UUID) -> IssuedRefreshToken:
+    async def start(self, user_id: UUID, checked_password_hash: str) -> IssuedRefreshToken:
+        """A new session for a user whose password was just checked against
+        `checked_password_hash`; INVALID_CREDENTIALS if the password changed meanwhile."""
         async with self._pool.connection() as conn:
-            session = await repo.insert_session(conn, user_id, self._lifetime)
+            session = await repo.insert_session(
+                conn, user_id, checked_password_hash, self._lifetime
+            )
+            if session is None:
+                raise unauthenticated("INVALID_CREDENTIALS", "wrong email or password")
             token = await _issue_refresh_token(conn, session.id)
         return IssuedRefreshToken(token, session.expires_at)
 

@@ -10,7 +10,7 @@ MAX_DISPLAY_NAME_LENGTH = 100
 # A pragmatic address check: a local part without spaces or a second `@`, and a
 # dotted domain of letters, digits and hyphens (internationalised names in punycode).
 _EMAIL = re.compile(
-    r"^[^\s@\"(),:;<>\[\\\]]{1,64}@"
+    r"^[^\s@\"(),:;<>\[\\\]\x00-\x1f\x7f]{1,64}@"
     r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 )
 

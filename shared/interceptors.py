@@ -16,7 +16,13 @@ import grpc
 import psycopg
 import psycopg_pool
 
-from shared.errors import ServiceError, aborted, deadline_exceeded, unavailable
+from shared.errors import (
+    ServiceError,
+    aborted,
+    deadline_exceeded,
+    invalid_argument,
+    unavailable,
+)
 from shared.logs import request_id_var
 from shared.metrics import record_rpc
 
@@ -96,6 +102,8 @@ def database_error(error: Exception) -> ServiceError | None:
         return aborted("CONCURRENT_UPDATE", "lost a race with a concurrent update, retry")
     if sqlstate in ("55P03", "57014"):  # lock_timeout, statement_timeout from the deadline
         return deadline_exceeded("DEADLINE_EXCEEDED", "deadline exceeded while waiting")
+    if isinstance(error, psycopg.DataError):  # a value PostgreSQL refuses, such as a NUL byte
+        return invalid_argument("INVALID_VALUE", f"a value was refused: {error}")
     if isinstance(
         error, psycopg_pool.PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError
     ):

@@ -86,6 +86,7 @@ class TokenVerifier:
         self._fetches = 0  # attempts so far: lets waiters see that one happened meanwhile
         self._last_fetch_failed = False
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None  # a background refresh under way
 
     async def verify(self, token: str) -> Principal:
         header = _unverified_header(token)
@@ -117,7 +118,7 @@ class TokenVerifier:
     async def _trusted_key(self, key_id: str) -> TrustedKey:
         fetches_seen = self._fetches
         if time.monotonic() - self._fetched_at > self._max_key_age:
-            await self._refetch(fetches_seen, wait=False)
+            self._refresh_in_background(fetches_seen)
         if key_id not in self._keys:  # perhaps a key newer than the cache
             await self._refetch(fetches_seen, wait=True)
         if key_id in self._keys:
@@ -126,6 +127,13 @@ class TokenVerifier:
         if self._last_fetch_failed:
             raise unavailable("KEYS_UNAVAILABLE", "token verification keys are unavailable")
         raise _invalid("access token signed by an unknown key")
+
+    def _refresh_in_background(self, fetches_seen: int) -> None:
+        """Refreshes an old key set without making calls wait: they go on with the cached
+        keys, which matters most while the auth service is slow or down."""
+        if self._lock.locked() or (self._refresh is not None and not self._refresh.done()):
+            return
+        self._refresh = asyncio.create_task(self._refetch(fetches_seen, wait=False))
 
     async def _refetch(self, fetches_seen: int, *, wait: bool) -> None:
         """Fetches the key set once for every caller waiting here, at most once per interval;

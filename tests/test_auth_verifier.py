@@ -230,10 +230,11 @@ class KeySource:
         self.published = list(published)
         self.calls = 0
         self.failing = False
+        self.delay_seconds = 0.01
 
     async def __call__(self) -> Sequence[auth_pb2.PublicKey]:
         self.calls += 1
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(self.delay_seconds)
         if self.failing:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
@@ -302,7 +303,26 @@ async def test_a_key_that_goes_unpublished_is_dropped_when_the_cache_is_renewed(
     await verifier.verify(signer.sign(claims()))
     source.published = [new_signer().published()]
     await asyncio.sleep(0.15)
+    # This call is served from the old cache and starts the renewal in the background...
+    await verifier.verify(signer.sign(claims()))
+    await asyncio.sleep(0.05)
+    # ... after which the unpublished key is gone.
     await assert_refused(verifier, signer.sign(claims()))
+
+
+async def test_an_old_cache_is_renewed_without_making_calls_wait() -> None:
+    signer = new_signer()
+    source = KeySource(signer.published())
+    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    await verifier.verify(signer.sign(claims()))
+    source.delay_seconds = 1.5  # the auth service has become very slow
+    await asyncio.sleep(0.15)
+    started = time.monotonic()
+    for _ in range(5):
+        await verifier.verify(signer.sign(claims()))
+    assert time.monotonic() - started < 1.0
+    await asyncio.sleep(0.05)
+    assert source.calls == 2  # one renewal under way, not one per call
 
 
 async def test_an_unreachable_auth_does_not_drop_cached_keys() -> None:
