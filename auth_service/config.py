@@ -27,6 +27,9 @@ class AuthSettings(CommonSettings):
     login_throttle_window_seconds: int = Field(900, ge=1, le=DAY)
     login_max_failures_per_account: int = Field(10, ge=1, le=100)
     login_max_failures_per_address: int = Field(100, ge=1, le=100_000)
+    # The account limit never shuts out an address the account logged in from within this
+    # many days, so guessing from elsewhere cannot lock the owner out.
+    login_trusted_address_days: int = Field(30, ge=1, le=365)
 
     @property
     def address(self) -> str:

@@ -272,3 +272,32 @@ async def forgive_login_attempt(conn: Conn, kind: str, subject: str, count: Thro
 
 async def delete_ended_throttle_windows(conn: Conn, window_seconds: int) -> int:
     return await _execute(conn, DELETE_ENDED_THROTTLE_WINDOWS, (window_seconds,))
+
+
+# An account's trusted addresses: where it logged in successfully within the trust period.
+REMEMBER_TRUSTED_ADDRESS = """
+    INSERT INTO auth.trusted_login_addresses (account, address, last_success_at)
+    VALUES (%s, %s, now())
+    ON CONFLICT (account, address) DO UPDATE SET last_success_at = now()
+"""
+IS_TRUSTED_ADDRESS = """
+    SELECT 1 FROM auth.trusted_login_addresses
+    WHERE account = %s AND address = %s AND last_success_at > now() - make_interval(secs => %s)
+"""
+DELETE_EXPIRED_TRUSTED_ADDRESSES = """
+    DELETE FROM auth.trusted_login_addresses
+    WHERE last_success_at <= now() - make_interval(secs => %s)
+"""
+
+
+async def remember_trusted_address(conn: Conn, account: str, address: str) -> None:
+    await _execute(conn, REMEMBER_TRUSTED_ADDRESS, (account, address))
+
+
+async def is_trusted_address(conn: Conn, account: str, address: str, trust_seconds: int) -> bool:
+    cursor = await conn.execute(IS_TRUSTED_ADDRESS, (account, address, trust_seconds))
+    return await cursor.fetchone() is not None
+
+
+async def delete_expired_trusted_addresses(conn: Conn, trust_seconds: int) -> int:
+    return await _execute(conn, DELETE_EXPIRED_TRUSTED_ADDRESSES, (trust_seconds,))

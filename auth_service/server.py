@@ -38,6 +38,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         window_seconds=settings.login_throttle_window_seconds,
         max_failures_per_account=settings.login_max_failures_per_account,
         max_failures_per_address=settings.login_max_failures_per_address,
+        trusted_address_days=settings.login_trusted_address_days,
     )
     servicer = AuthServicer(
         pool=pool,

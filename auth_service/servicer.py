@@ -60,7 +60,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
         email = normalise_email(request.email)
-        user = await self._check_password(email, request.password, context)
+        user = await self._check_password(email, request.password, context, login=True)
         password_hash = user.password_hash
         if self._passwords.needs_rehash(password_hash):  # BCRYPT_COST changed since
             password_hash = await self._rehash(user, request.password)
@@ -88,7 +88,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ChangePasswordResponse:
         caller = await self._calling_user(context)
         check_policy(request.new_password)
-        user = await self._check_password(caller.email, request.current_password, context)
+        user = await self._check_password(
+            caller.email, request.current_password, context, login=False
+        )
         new_hash = await self._passwords.hash(request.new_password)
         async with self._pool.connection() as conn:
             await repo.update_password_hash(conn, user.id, new_hash)
@@ -118,9 +120,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             keys=await self._keys.public_keys(), issuer=self._token_issuer
         )
 
-    async def _check_password(self, email: str, password: str, context: Any) -> User:
+    async def _check_password(
+        self, email: str, password: str, context: Any, *, login: bool
+    ) -> User:
         """The user if the password is right; throttled, and as slow for an unknown email."""
-        attempt = await self._throttle.attempt(account_key(email), client_address(context.peer()))
+        attempt = await self._throttle.attempt(
+            account_key(email), client_address(context.peer()), trust_known_address=login
+        )
         async with self._pool.connection() as conn:
             user = await repo.user_by_email(conn, email)
         if not await self._passwords.verify(password, user.password_hash if user else None):

@@ -3,8 +3,10 @@
 Every attempt is counted before the password is checked (so that concurrent guesses
 cannot slip past the limit) and taken back when it succeeds: only failures add up.
 Over the limit, attempts are refused without a password check until the window ends.
-Refused attempts do not move the window, so a lock-out always lifts: an attacker can
-hold an account's door shut only by spending its whole budget every window.
+Refused attempts do not move the window, so a lock-out always lifts. And the account limit
+never shuts out an address the account logged in from successfully (within the trust
+period): an attacker guessing from elsewhere cannot keep the owner out at all. The address
+limit still applies to everyone.
 """
 
 import asyncio
@@ -32,6 +34,9 @@ ADDRESS = "address"
 class Attempt:
     counts: dict[tuple[str, str], ThrottleCount]
 
+    def subject(self, kind: str) -> str:
+        return next(subject for subject_kind, subject in self.counts if subject_kind == kind)
+
 
 class LoginThrottle:
     def __init__(
@@ -41,22 +46,38 @@ class LoginThrottle:
         window_seconds: int,
         max_failures_per_account: int,
         max_failures_per_address: int,
+        trusted_address_days: int,
     ) -> None:
         self._pool = pool
         self._window = window_seconds
+        self._trust_seconds = trusted_address_days * 86400
         self._limits = {ACCOUNT: max_failures_per_account, ADDRESS: max_failures_per_address}
 
-    async def attempt(self, account: str, address: str) -> Attempt:
-        """Counts an attempt; RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS when over a limit."""
+    async def attempt(self, account: str, address: str, *, trust_known_address: bool) -> Attempt:
+        """Counts an attempt; RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS when over a limit.
+
+        `trust_known_address` lets the account's usual addresses past the account limit (a
+        login); a password check behind an access token (ChangePassword) gets no such pass,
+        so a stolen token cannot be used to guess the password without limit."""
         subjects = [(ACCOUNT, account), (ADDRESS, address)]
         async with self._pool.connection() as conn:
             counts = {
                 subject: await repo.count_login_attempt(conn, *subject, self._window)
                 for subject in subjects
             }
-        over = [count for (kind, _), count in counts.items() if count.attempts > self._limits[kind]]
+            over = {
+                kind: count
+                for (kind, _), count in counts.items()
+                if count.attempts > self._limits[kind]
+            }
+            if (
+                trust_known_address
+                and set(over) == {ACCOUNT}
+                and await repo.is_trusted_address(conn, account, address, self._trust_seconds)
+            ):
+                over = {}  # the owner's usual address: the account limit does not shut it out
         if over:
-            retry_after = math.ceil(max(count.retry_after_seconds for count in over))
+            retry_after = math.ceil(max(count.retry_after_seconds for count in over.values()))
             raise resource_exhausted(
                 "TOO_MANY_ATTEMPTS",
                 f"too many failed attempts; retry in {retry_after} s",
@@ -68,6 +89,9 @@ class LoginThrottle:
         async with self._pool.connection() as conn:
             for (kind, subject), count in attempt.counts.items():
                 await repo.forgive_login_attempt(conn, kind, subject, count)
+            await repo.remember_trusted_address(
+                conn, attempt.subject(ACCOUNT), attempt.subject(ADDRESS)
+            )
 
     async def delete_ended_windows_periodically(self) -> None:
         """Keeps the table small; counts in ended windows no longer matter."""
@@ -76,6 +100,7 @@ class LoginThrottle:
             try:
                 async with self._pool.connection() as conn:
                     await repo.delete_ended_throttle_windows(conn, self._window)
+                    await repo.delete_expired_trusted_addresses(conn, self._trust_seconds)
             except Exception:
                 log.exception("deleting ended login throttle windows failed; will try again")
 
