@@ -20,6 +20,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from shared.config import CommonSettings, load_settings
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
@@ -118,8 +120,6 @@ def _check_applied(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.config import CommonSettings, load_settings
-
     parser = argparse.ArgumentParser(description="Apply the services' SQL migrations.")
     parser.add_argument("services", nargs="*", default=list(SERVICES), choices=SERVICES)
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from shared.migrations import SERVICES, migrate
+from tests.auth_helpers import register_and_login, service_token
 from tests.databases import admin_url, throwaway_database
 
 CALLS = int(os.environ.get("BENCH_CALLS", "1000"))
@@ -72,8 +73,6 @@ async def bench(auth_port: int, wallet_port: int, database_url: str) -> None:
     wallet_channel = grpc.aio.insecure_channel(f"127.0.0.1:{wallet_port}")
     auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
     wallets = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
-
-    from tests.auth_helpers import register_and_login, service_token
 
     _, user_token = await register_and_login(auth_channel)
     _, other_token = await register_and_login(auth_channel)

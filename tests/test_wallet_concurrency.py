@@ -11,6 +11,7 @@ import grpc
 import psycopg
 
 from shared.errors import error_info
+from shared.migrations import migrate
 from tests.wallet_helpers import Caller
 from wallet_service.admin import check_invariants
 
@@ -107,8 +108,6 @@ async def test_the_invariant_command_passes_on_the_real_ledger(database_url: str
 async def test_the_invariant_command_fails_on_a_drifted_balance(
     empty_database_url: str,
 ) -> None:
-    from shared.migrations import migrate
-
     migrate(empty_database_url, "wallet")
     with psycopg.connect(empty_database_url) as conn:
         conn.execute(

@@ -15,6 +15,7 @@ from tests.wallet_helpers import (
     insert_aged_idempotency_key,
     new_key,
 )
+from wallet_service.admin import clean_idempotency_keys
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -307,8 +308,6 @@ async def test_the_database_refuses_a_negative_balance(database_url: str) -> Non
 
 
 async def test_cleanup_removes_only_keys_older_than_the_retention(database_url: str) -> None:
-    from wallet_service.admin import clean_idempotency_keys
-
     for key, age_hours in (("old-key", 25), ("young-key", 23)):
         insert_aged_idempotency_key(database_url, "cleanup-test", key, age_hours)
     assert await clean_idempotency_keys(database_url, retention_hours=24) >= 1
