@@ -3,6 +3,7 @@ own database (the counts of other tests' logins from 127.0.0.1 must not leak in)
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -158,58 +159,49 @@ def test_an_absurdly_long_email_is_counted_under_a_short_key() -> None:
     assert len(long_key) == 71
 
 
-async def test_guesses_from_elsewhere_never_lock_the_owner_out(database_server_url: str) -> None:
+@pytest.fixture
+async def throttle_pool(database_server_url: str) -> AsyncIterator[Any]:
+    """A pool on a database of its own, for LoginThrottle driven with made-up addresses."""
     with auth_database(database_server_url) as url:
         pool = await open_pool(url, min_size=1, max_size=2, name="throttle-test")
         try:
-            throttle = LoginThrottle(
-                pool,
-                window_seconds=60,
-                max_failures_per_account=PER_ACCOUNT,
-                max_failures_per_address=PER_ADDRESS,
-                trusted_address_days=30,
-            )
-            account, home, attacker = "ada@example.com", "198.51.100.7", "203.0.113.9"
-            await throttle.succeeded(
-                await throttle.attempt(account, home, trust_known_address=True)
-            )
-            for _ in range(PER_ACCOUNT):
-                await throttle.attempt(
-                    account, attacker, trust_known_address=True
-                )  # never forgiven
-            for address in (attacker, "192.0.2.1"):  # the attacker, and any stranger
-                with pytest.raises(ServiceError) as refused:
-                    await throttle.attempt(account, address, trust_known_address=True)
-                assert refused.value.reason == "TOO_MANY_ATTEMPTS"
-            # The owner's usual address still gets to try its password.
-            await throttle.succeeded(
-                await throttle.attempt(account, home, trust_known_address=True)
-            )
+            yield pool
         finally:
             await pool.close()
 
 
-async def test_a_trusted_address_is_still_held_to_the_address_limit(
-    database_server_url: str,
-) -> None:
-    with auth_database(database_server_url) as url:
-        pool = await open_pool(url, min_size=1, max_size=2, name="throttle-test")
-        try:
-            throttle = LoginThrottle(
-                pool,
-                window_seconds=60,
-                max_failures_per_account=100,
-                max_failures_per_address=PER_ADDRESS,
-                trusted_address_days=30,
-            )
-            home = "198.51.100.8"
-            await throttle.succeeded(
-                await throttle.attempt("bob@example.com", home, trust_known_address=True)
-            )
-            for index in range(PER_ADDRESS):
-                await throttle.attempt(f"guess-{index}@example.com", home, trust_known_address=True)
-            with pytest.raises(ServiceError) as refused:
-                await throttle.attempt("bob@example.com", home, trust_known_address=True)
-            assert refused.value.reason == "TOO_MANY_ATTEMPTS"
-        finally:
-            await pool.close()
+def throttle_on(pool: Any, per_account: int) -> LoginThrottle:
+    return LoginThrottle(
+        pool,
+        window_seconds=60,
+        max_failures_per_account=per_account,
+        max_failures_per_address=PER_ADDRESS,
+        trusted_address_days=30,
+    )
+
+
+async def test_guesses_from_elsewhere_never_lock_the_owner_out(throttle_pool: Any) -> None:
+    throttle = throttle_on(throttle_pool, PER_ACCOUNT)
+    account, home, attacker = "ada@example.com", "198.51.100.7", "203.0.113.9"
+    await throttle.succeeded(await throttle.attempt(account, home, trust_known_address=True))
+    for _ in range(PER_ACCOUNT):  # failures: never forgiven
+        await throttle.attempt(account, attacker, trust_known_address=True)
+    for address in (attacker, "192.0.2.1"):  # the attacker, and any stranger
+        with pytest.raises(ServiceError) as refused:
+            await throttle.attempt(account, address, trust_known_address=True)
+        assert refused.value.reason == "TOO_MANY_ATTEMPTS"
+    # The owner's usual address still gets to try its password.
+    await throttle.succeeded(await throttle.attempt(account, home, trust_known_address=True))
+
+
+async def test_a_trusted_address_is_still_held_to_the_address_limit(throttle_pool: Any) -> None:
+    throttle = throttle_on(throttle_pool, per_account=100)
+    home = "198.51.100.8"
+    await throttle.succeeded(
+        await throttle.attempt("bob@example.com", home, trust_known_address=True)
+    )
+    for index in range(PER_ADDRESS):
+        await throttle.attempt(f"guess-{index}@example.com", home, trust_known_address=True)
+    with pytest.raises(ServiceError) as refused:
+        await throttle.attempt("bob@example.com", home, trust_known_address=True)
+    assert refused.value.reason == "TOO_MANY_ATTEMPTS"

@@ -143,7 +143,8 @@ async def _move_once(
         key,
         principal.subject,
     )
-    return MovementResult(transaction, balances_after, replayed=False)
+    owners = {wallet_id: wallet.user_id for wallet_id, wallet in wallets.items()}
+    return MovementResult(transaction, balances_after, owners, replayed=False)
 
 
 async def _replay(
@@ -160,7 +161,9 @@ async def _replay(
         )
     transaction = await repo.get_transaction(conn, record["transaction_id"])
     assert transaction is not None, "an idempotency record points at its transaction"
-    return MovementResult(transaction, repo.stored_balances(record), replayed=True)
+    balances = repo.stored_balances(record)
+    owners = await repo.wallet_owners(conn, list(balances))
+    return MovementResult(transaction, balances, owners, replayed=True)
 
 
 async def _lock_wallets(

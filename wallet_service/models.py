@@ -64,4 +64,5 @@ class Movement:
 class MovementResult:
     transaction: Transaction
     balances_after: dict[UUID, int]  # every wallet the movement touched
+    owners: dict[UUID, str]  # the user id of each of those wallets
     replayed: bool  # True when an earlier request with the same key produced it

@@ -15,9 +15,13 @@ def usable_owner(principal: Principal) -> str | None:
     return None if principal.has_scope(ADMIN_SCOPE) else principal.subject
 
 
-def can_use(principal: Principal, wallet: Wallet) -> bool:
+def may_use_wallet_of(principal: Principal, user_id: str) -> bool:
     owner = usable_owner(principal)
-    return owner is None or wallet.user_id == owner
+    return owner is None or user_id == owner
+
+
+def can_use(principal: Principal, wallet: Wallet) -> bool:
+    return may_use_wallet_of(principal, wallet.user_id)
 
 
 def require_credit_scope(principal: Principal) -> None:

@@ -75,6 +75,14 @@ async def lock_wallet(conn: Conn, wallet_id: UUID, owner: str | None = None) -> 
     return _wallet(row) if row else None
 
 
+async def wallet_owners(conn: Conn, wallet_ids: list[UUID]) -> dict[UUID, str]:
+    """The user id of each wallet (a wallet never changes owner)."""
+    rows = await _all(
+        conn, "SELECT id, user_id FROM wallet.wallets WHERE id = ANY(%s)", (wallet_ids,)
+    )
+    return {row["id"]: row["user_id"] for row in rows}
+
+
 async def list_wallets(
     conn: Conn, user_id: str, after: tuple[datetime, UUID] | None, limit: int
 ) -> list[Wallet]:

@@ -16,7 +16,7 @@ from wallet_service.currencies import normalise_currency
 from wallet_service.ledger import Limits, move_money
 from wallet_service.messages import ledger_entry_message, transaction_message, wallet_message
 from wallet_service.models import Movement, MovementResult, TransactionType, Wallet
-from wallet_service.permissions import can_use, require_credit_scope
+from wallet_service.permissions import can_use, may_use_wallet_of, require_credit_scope
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
@@ -126,7 +126,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             transaction=transaction_message(result.transaction),
             source_balance_after=result.balances_after[source_id],
         )
-        if await self._may_see_balance(principal, destination_id):
+        if may_use_wallet_of(principal, result.owners[destination_id]):
             response.destination_balance_after = result.balances_after[destination_id]
         return response
 
@@ -202,10 +202,6 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             context.time_remaining,
             self._limits,
         )
-
-    async def _may_see_balance(self, principal: Principal, wallet_id: UUID) -> bool:
-        async with self._pool.connection() as conn:
-            return await self._may_use_any(conn, principal, [wallet_id])
 
     @staticmethod
     async def _may_use_any(
