@@ -6,9 +6,9 @@ import contextvars
 from typing import Any
 
 import grpc
-from shared.tokens import Principal, TokenVerifier, bearer_token
 
 from shared.interceptors import Continuation, UnaryBehavior, wrap_unary
+from shared.tokens import Principal, TokenVerifier, bearer_token
 
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 
