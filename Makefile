@@ -38,8 +38,13 @@ run: $(GENERATED) ## Run both services (a private PostgreSQL unless DATABASE_URL
 	$(PY) -m shared.local_run
 
 
-test: $(GENERATED) ## Run the test suite against a throwaway database
+# The wallet's tests run a second time with every transaction SERIALIZABLE (the mode for
+# distributed PostgreSQL-compatible engines): both modes must keep the money exact.
+SERIALIZABLE_TESTS = $(wildcard tests/test_wallet_*.py tests/test_bank.py)
+
+test: $(GENERATED) ## Run the tests, then the wallet's again in SERIALIZABLE mode
 	$(PY) -m pytest $(PYTEST_ARGS)
+	WALLET_ISOLATION_LEVEL=serializable $(PY) -m pytest $(SERIALIZABLE_TESTS) $(PYTEST_ARGS)
 
 lint: $(GENERATED) ## buf lint, ruff and mypy
 	$(BUF) lint protos

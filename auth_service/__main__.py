@@ -13,7 +13,9 @@ from shared.server import serve_until_signal
 
 async def _serve(settings: AuthSettings) -> None:
     running = await start(settings)
-    await serve_until_signal(running, settings.shutdown_grace_seconds)
+    await serve_until_signal(
+        running, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds
+    )
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ class CommonSettings(BaseSettings):
     db_pool_min_size: int = Field(2, ge=1, le=100)
     db_pool_max_size: int = Field(10, ge=1, le=200)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Seconds that in-flight calls get to finish after SIGTERM/SIGINT.
+    # After SIGTERM/SIGINT: seconds of NOT_SERVING while still serving, so that balancers
+    # stop sending calls first; then seconds that in-flight calls get to finish.
+    shutdown_drain_seconds: float = Field(2.0, ge=0, le=300)
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
     # Seconds between database checks that drive the health status.
     health_check_interval_seconds: float = Field(5.0, gt=0, le=300)

@@ -1,28 +1,160 @@
-"""One PostgreSQL connection pool per process."""
+"""One PostgreSQL connection pool per process, aware of the database's health.
 
+The pool hands out connections that were checked before use, and fails fast while the
+database is known to be down: a call gets UNAVAILABLE at once instead of waiting for a
+connection that cannot come. A call never waits for a connection past its own deadline
+(`shared.deadlines`): it gets UNAVAILABLE while the client still listens. Health is decided by `DatabaseMonitor`, which probes with a fresh
+connection of its own, so one dead pooled connection never marks the database down.
+"""
+
+import asyncio
+import contextlib
+import logging
+import select
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
 import psycopg_pool
+
+from shared.deadlines import answer_margin, seconds_left
+
+log = logging.getLogger(__name__)
+
+# The longest a call waits for a free connection when its deadline allows more.
+POOL_TIMEOUT_SECONDS = 10.0
+# A pool gives up re-adding a lost connection after this long and tries again on the next
+# call, so a database that comes back is used at once rather than after a long backoff.
+RECONNECT_TIMEOUT_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 2
+# How often a database that is down is probed: recovery is noticed within this.
+DOWN_PROBE_INTERVAL_SECONDS = 0.5
+
+
+class DatabaseUnavailable(psycopg_pool.PoolTimeout):
+    """No connection: the database is down, or none came before the call's deadline."""
+
+
+class Pool(psycopg_pool.AsyncConnectionPool[Any]):
+    """A pool that fails fast while its database is down and never outwaits a call.
+
+    A connection that comes back broken, or a wait that times out, raises `trouble`, so
+    the monitor probes the database at once."""
+
+    database_down = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.trouble = asyncio.Event()
+        super().__init__(*args, check=self._check_quickly, **kwargs)
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:  # noqa: ASYNC109 (the pool's own signature)
+        if self.database_down:
+            raise DatabaseUnavailable("the database is unavailable")
+        wait = timeout if timeout is not None else self.timeout
+        left = seconds_left()
+        if left is not None:  # answer UNAVAILABLE before the client's deadline passes
+            wait = min(wait, max(left - answer_margin(left), 0.0))
+        try:
+            return await super().getconn(wait)
+        except psycopg_pool.PoolTimeout:
+            self.trouble.set()
+            raise DatabaseUnavailable(f"no database connection within {wait:.3f} s") from None
+
+    async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if conn.broken:
+            self.trouble.set()
+        await super().putconn(conn)
+
+    async def _check_quickly(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Checks a connection on checkout without a round trip: an idle connection has
+        nothing to read, so a readable socket means the server said something (a restart
+        or termination notice, or EOF). Only then does a query find out if it still works."""
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("connection closed")
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if readable:
+            try:
+                await self.check_connection(conn)
+            except psycopg.Error:
+                self.trouble.set()
+                raise
 
 
 async def open_pool(
-    database_url: str, *, min_size: int, max_size: int, name: str
-) -> psycopg_pool.AsyncConnectionPool:
+    database_url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    name: str,
+    configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+) -> Pool:
     """Opens the pool and waits for its first connections, so a bad URL fails at start-up."""
-    pool = psycopg_pool.AsyncConnectionPool(
+    pool = Pool(
         database_url,
         min_size=min_size,
         max_size=max_size,
         name=name,
         open=False,
-        timeout=10.0,  # seconds a call waits for a free connection before UNAVAILABLE
+        timeout=POOL_TIMEOUT_SECONDS,
+        configure=configure,
+        reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
     )
     await pool.open(wait=True, timeout=15.0)
     return pool
 
 
-async def database_is_reachable(pool: psycopg_pool.AsyncConnectionPool) -> bool:
+async def database_is_reachable(database_url: str) -> bool:
+    """A fresh connection answers a query (the pool's connections are not used)."""
     try:
-        async with pool.connection(timeout=2.0) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            database_url, connect_timeout=PROBE_TIMEOUT_SECONDS, autocommit=True
+        ) as conn:
             await conn.execute("SELECT 1")
         return True
-    except Exception:
+    except (psycopg.Error, OSError):
         return False
+
+
+HealthListener = Callable[[bool], Awaitable[None]]
+
+
+class DatabaseMonitor:
+    """Decides whether the database is up, and tells the pool and a listener (health).
+
+    Probes every `interval` seconds while up and every half second while down, and at once
+    when the pool meets trouble. On recovery the pool drops its dead idle connections
+    before calls use them again.
+    """
+
+    def __init__(self, pool: Pool, interval: float, on_change: HealthListener) -> None:
+        self._pool = pool
+        self._interval = interval
+        self._on_change = on_change
+        self.up = True
+
+    async def probe(self) -> bool:
+        assert isinstance(self._pool.conninfo, str), "open_pool takes a database URL"
+        up = await database_is_reachable(self._pool.conninfo)
+        if up != self.up:
+            log.warning("database is up" if up else "database is down")
+            if up:
+                await self._pool.check()
+            self._pool.database_down = not up
+            self.up = up
+        await self._on_change(up)
+        return up
+
+    async def run(self) -> None:
+        while True:
+            interval = self._interval if self.up else DOWN_PROBE_INTERVAL_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pool.trouble.wait(), interval)
+            self._pool.trouble.clear()
+            started = time.monotonic()
+            try:
+                await self.probe()
+            except Exception:
+                log.exception("database probe failed")
+            # Never probe in a tight loop, however often calls cry wolf.
+            await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - started)))

@@ -6,6 +6,7 @@ by the servicer). Streaming handlers (health Watch, reflection) pass through.
 Order in `build_server`: logging (outermost), errors, then the service's own.
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,6 +17,7 @@ import grpc
 import psycopg
 import psycopg_pool
 
+from shared.deadlines import set_call_deadline
 from shared.errors import (
     ServiceError,
     aborted,
@@ -53,7 +55,9 @@ def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
     """Gives every call a request id (the caller's `x-request-id` or a new one),
-    echoes it in the response metadata, logs one line per call and records its metrics."""
+    echoes it in the response metadata, notes its deadline (`shared.deadlines`), logs one
+    line per call and records its metrics. A call the client cancelled, or whose deadline
+    passed, is counted as CANCELLED or DEADLINE_EXCEEDED."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -64,11 +68,15 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         def wrapper(behavior: UnaryBehavior) -> UnaryBehavior:
             async def logged(request: Any, context: Any) -> Any:
                 request_id_var.set(request_id)
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                set_call_deadline(context.time_remaining())
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
+                    await context.send_initial_metadata((("x-request-id", request_id),))
                     return await behavior(request, context)
+                except asyncio.CancelledError:
+                    code = _why_cancelled(context)
+                    raise
                 except BaseException:
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
@@ -87,6 +95,14 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             return logged
 
         return wrap_unary(await continuation(handler_call_details), wrapper)
+
+
+def _why_cancelled(context: Any) -> grpc.StatusCode:
+    """grpc cancels the handler when the client goes away or the deadline passes."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _code_name(code: object) -> str:
@@ -129,34 +145,38 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def mapped(request: Any, context: Any) -> Any:
                 try:
                     return await behavior(request, context)
-                except ServiceError as error:
-                    await context.abort_with_status(error.to_status(self._domain))
                 except grpc.aio.AbortError:
                     raise
-                except NotImplementedError:  # the generated base servicer's default
-                    await context.abort_with_status(
-                        ServiceError(
-                            grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", "not implemented yet"
-                        ).to_status(self._domain)
-                    )
-                except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
-                    mapped_error = database_error(error)
-                    if mapped_error is None:
-                        log.exception("unexpected database error")
-                        mapped_error = ServiceError(
-                            grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"
-                        )
-                    else:
-                        log.warning("database error", extra={"error": str(error)})
-                    await context.abort_with_status(mapped_error.to_status(self._domain))
-                except Exception:
-                    log.exception("unhandled error")
-                    await context.abort_with_status(
-                        ServiceError(
-                            grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"
-                        ).to_status(self._domain)
-                    )
+                except Exception as exception:
+                    error = service_error(exception)
+                await _answer(context, error.to_status(self._domain))
 
             return mapped
 
         return wrap_unary(await continuation(handler_call_details), wrapper)
+
+
+def service_error(exception: Exception) -> ServiceError:
+    """The status for an exception a handler raised (logged when it is a bug)."""
+    if isinstance(exception, ServiceError):
+        return exception
+    if isinstance(exception, NotImplementedError):  # the generated base servicer's default
+        return ServiceError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", "not implemented yet")
+    if isinstance(exception, psycopg.Error | psycopg_pool.PoolTimeout):
+        mapped = database_error(exception)
+        if mapped is not None:
+            log.warning("database error", extra={"error": str(exception)})
+            return mapped
+        log.error("unexpected database error", exc_info=exception)
+    else:
+        log.error("unhandled error", exc_info=exception)
+    return ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+
+
+async def _answer(context: Any, status: grpc.Status) -> None:
+    """Ends the call with `status`, unless the client is gone: then there is nobody to tell
+    (and grpc would log the failed send as an error), so the call ends as cancelled."""
+    remaining = context.time_remaining()
+    if context.cancelled() or (remaining is not None and remaining <= 0):
+        raise asyncio.CancelledError
+    await context.abort_with_status(status)

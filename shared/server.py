@@ -1,10 +1,12 @@
 """gRPC server start-up and shutdown, the same for both services.
 
 `start_server` builds an asyncio gRPC server with the shared interceptors,
-health (`grpc.health.v1`, NOT_SERVING while the database is unreachable) and
-reflection, binds it (port 0 picks a free port, as tests do) and starts it.
-`serve_until_signal` runs it until SIGINT/SIGTERM, then lets in-flight calls
-finish within the grace period.
+health (`grpc.health.v1`, NOT_SERVING while the database is unreachable, as
+`shared.db.DatabaseMonitor` decides) and reflection, binds it (port 0 picks a free
+port, as tests do) and starts it. `serve_until_signal` runs it until SIGINT/SIGTERM,
+then shuts down in three steps: NOT_SERVING while still serving for the drain period
+(so balancers stop sending calls), then no new calls while in-flight ones finish
+within the grace period.
 """
 
 import asyncio
@@ -16,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import psycopg_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared.db import database_is_reachable
+from shared.db import DatabaseMonitor, Pool
 from shared.interceptors import ErrorInterceptor, LoggingInterceptor
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,22 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
-    pool: psycopg_pool.AsyncConnectionPool
+    pool: Pool
+    monitor: DatabaseMonitor
     on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
-    _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+    _monitor_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    async def stop(self, grace: float) -> None:
-        """Stops taking calls, lets in-flight ones finish for `grace` seconds, closes the pool."""
-        if self._monitor is not None:
-            self._monitor.cancel()
+    async def stop(self, grace: float, drain: float = 0.0) -> None:
+        """Says NOT_SERVING and keeps serving for `drain` seconds, then stops taking calls,
+        lets in-flight ones finish for `grace` seconds, and closes the pool."""
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+                await self._monitor_task
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            log.info("draining", extra={"drain_seconds": drain})
+            await asyncio.sleep(drain)
         await self.server.stop(grace)
         for callback in self.on_stop:
             await callback()
@@ -53,7 +59,7 @@ async def start_server(
     service_name: str,
     add_servicer: Callable[[grpc.aio.Server], None],
     address: str,
-    pool: psycopg_pool.AsyncConnectionPool,
+    pool: Pool,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     health_check_interval: float = 5.0,
     on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
@@ -72,38 +78,30 @@ async def start_server(
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
-    running = RunningServer(server, port, health_servicer, pool, on_stop)
-    await _update_health(running, service_name)
-    running._monitor = asyncio.create_task(
-        _monitor_health(running, service_name, health_check_interval)
-    )
+
+    async def set_health(database_up: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if database_up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", service_name):
+            await health_servicer.set(name, status)
+
+    monitor = DatabaseMonitor(pool, health_check_interval, set_health)
+    await monitor.probe()
+    running = RunningServer(server, port, health_servicer, pool, monitor, on_stop)
+    running._monitor_task = asyncio.create_task(monitor.run())
     log.info("listening", extra={"service_name": service_name, "port": port})
     return running
 
 
-async def _update_health(running: RunningServer, service_name: str) -> None:
-    serving = await database_is_reachable(running.pool)
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ("", service_name):
-        await running.health.set(name, status)
-
-
-async def _monitor_health(running: RunningServer, service_name: str, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        await _update_health(running, service_name)
-
-
-async def serve_until_signal(running: RunningServer, grace: float) -> None:
+async def serve_until_signal(running: RunningServer, grace: float, drain: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down", extra={"grace_seconds": grace})
-    await running.stop(grace)
+    log.info("shutting down", extra={"drain_seconds": drain, "grace_seconds": grace})
+    await running.stop(grace, drain)
     log.info("stopped")

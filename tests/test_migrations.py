@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from shared.migrations import MIGRATIONS_ROOT, SERVICES, MigrationError, migrate
+from wallet_service.admin import check_invariants
 
 
 def applied_versions(url: str, service: str) -> list[int]:
@@ -96,3 +97,60 @@ def test_a_badly_named_file_is_refused(empty_database_url: str, tmp_path: Path) 
     (root / "wallet" / "add_things.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="expected a name"):
         migrate(empty_database_url, "wallet", root)
+
+
+LEGACY_LEDGER = """
+INSERT INTO wallet.wallets (id, user_id, currency, balance) VALUES
+    ('00000000-0000-0000-0000-00000000000a', 'ada', 'EUR', 70),
+    ('00000000-0000-0000-0000-00000000000b', 'bob', 'EUR', 0);
+INSERT INTO wallet.transactions (id, type, amount, currency, source_wallet_id,
+    destination_wallet_id, idempotency_key, requested_by, created_at) VALUES
+    ('00000000-0000-0000-0000-000000000001', 'credit', 100, 'EUR', NULL,
+     '00000000-0000-0000-0000-00000000000a', 'pay-1', 'payments', now() - interval '3 days'),
+    ('00000000-0000-0000-0000-000000000002', 'debit', 20, 'EUR',
+     '00000000-0000-0000-0000-00000000000a', NULL, 'coffee', 'ada', now() - interval '2 days'),
+    -- The same key applied again after its record was cleaned up: possible before 0003.
+    ('00000000-0000-0000-0000-000000000003', 'debit', 10, 'EUR',
+     '00000000-0000-0000-0000-00000000000a', NULL, 'coffee', 'ada', now() - interval '1 hour');
+INSERT INTO wallet.ledger_entries (wallet_id, transaction_id, type, amount, balance_after)
+VALUES ('00000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-000000000001',
+        'credit', 100, 100),
+       ('00000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-000000000002',
+        'debit', -20, 80),
+       ('00000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-000000000003',
+        'debit', -10, 70);
+INSERT INTO wallet.idempotency_keys (principal, key, request_hash, status, transaction_id,
+    balances_after) VALUES ('ada', 'coffee', 'hash-of-the-latest', 'succeeded',
+    '00000000-0000-0000-0000-000000000003', '{"00000000-0000-0000-0000-00000000000a": 70}');
+"""
+
+
+async def test_permanent_keys_and_sequences_migrate_existing_ledgers(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    root = copy_migrations(tmp_path)
+    for later in sorted((root / "wallet").glob("*.sql"))[2:]:
+        later.unlink()
+    migrate(empty_database_url, "wallet", root)  # the schema before 0003
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute(LEGACY_LEDGER)
+    migrate(empty_database_url, "wallet")
+
+    with psycopg.connect(empty_database_url) as conn:
+        entries = conn.execute(
+            "SELECT transaction_id::text, sequence FROM wallet.ledger_entries ORDER BY id"
+        ).fetchall()
+        assert [sequence for _, sequence in entries] == [1, 2, 3]
+        keys = conn.execute(
+            "SELECT key_occurrence, request_hash FROM wallet.transactions"
+            " WHERE idempotency_key = 'coffee' ORDER BY created_at"
+        ).fetchall()
+        assert keys == [(1, None), (2, "hash-of-the-latest")]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO wallet.transactions (id, type, amount, currency, source_wallet_id,"
+                " idempotency_key, requested_by) VALUES (gen_random_uuid(), 'debit', 1, 'EUR',"
+                " '00000000-0000-0000-0000-00000000000a', 'coffee', 'ada')"
+            )
+    ok, report = await check_invariants(empty_database_url)
+    assert ok, report

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from auth_service.config import AuthSettings
 from auth_service.server import start as start_auth
 from shared.config import ConfigError, load_settings
+from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from shared.migrations import migrate
 from shared.server import RunningServer
 from tests.databases import throwaway_database
@@ -151,6 +152,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def wait_until_serving(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if await health_status(port) == SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        assert time.monotonic() < deadline, "server did not become healthy"
+        await asyncio.sleep(0.2)
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return str(response.read().decode())
@@ -171,15 +184,7 @@ async def test_the_process_serves_metrics_and_stops_cleanly_on_sigterm(
         sys.executable, "-m", "auth_service", env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if await health_status(port) == SERVING:
-                    break
-            except grpc.aio.AioRpcError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            await asyncio.sleep(0.2)
+        await wait_until_serving(port)
         metrics = await asyncio.to_thread(scrape, metrics_port)
         assert (
             'grpc_server_handled_total{grpc_code="OK",grpc_method="/grpc.health.v1.Health/Check"}'
@@ -189,6 +194,39 @@ async def test_the_process_serves_metrics_and_stops_cleanly_on_sigterm(
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
         assert process.returncode == 0
         assert b'"message": "stopped"' in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+
+
+async def test_sigterm_says_not_serving_first_and_keeps_serving_while_draining(
+    database_url: str,
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "AUTH_HOST": "127.0.0.1",
+        "AUTH_PORT": str(port),
+        "AUTH_METRICS_PORT": "0",
+        "SHUTDOWN_DRAIN_SECONDS": "2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auth_service", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await wait_until_serving(port)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        # A balancer's prober sees NOT_SERVING while calls are still answered.
+        assert await health_status(port) == NOT_SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            keys = await auth_pb2_grpc.AuthServiceStub(channel).GetPublicKeys(
+                auth_pb2.GetPublicKeysRequest(), timeout=5
+            )
+        assert keys.keys
+        await asyncio.wait_for(process.wait(), timeout=30)
+        assert process.returncode == 0
     finally:
         if process.returncode is None:
             process.kill()

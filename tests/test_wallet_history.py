@@ -39,10 +39,29 @@ async def test_get_transaction_is_visible_to_both_sides_of_a_transfer(
     source = (await user.create_wallet()).id
     await payments.credit(source, 100)
     destination = (await other_user.create_wallet()).id
-    moved = await user.transfer(source, destination, 40)
+    moved = await user.call(
+        "Transfer",
+        wallet_pb2.TransferRequest(
+            source_wallet_id=source,
+            destination_wallet_id=destination,
+            amount=40,
+            idempotency_key="rent-share",
+            reference="my note",
+        ),
+    )
     request = wallet_pb2.GetTransactionRequest(transaction_id=moved.transaction.id)
     assert (await user.call("GetTransaction", request)).transaction == moved.transaction
-    assert (await other_user.call("GetTransaction", request)).transaction == moved.transaction
+    # The recipient sees the movement, not the sender's idempotency key or note.
+    seen_by_recipient = (await other_user.call("GetTransaction", request)).transaction
+    assert (seen_by_recipient.idempotency_key, seen_by_recipient.reference) == ("", "")
+    seen_by_recipient.idempotency_key, seen_by_recipient.reference = "rent-share", "my note"
+    assert seen_by_recipient == moved.transaction
+    (entry,) = (
+        await other_user.call(
+            "ListTransactions", wallet_pb2.ListTransactionsRequest(wallet_id=destination)
+        )
+    ).entries
+    assert (entry.transaction.idempotency_key, entry.transaction.reference) == ("", "")
 
 
 async def test_a_stranger_cannot_read_a_transaction(

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -101,16 +102,44 @@ async def test_a_timed_out_movement_applied_nothing_and_its_key_still_works(
     assert (await user.call("Debit", request)).balance_after == 90
 
 
-async def test_the_time_remaining_sets_the_lock_and_statement_timeouts(database_url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        for remaining, expected in ((None, "5s"), (0.3, "200ms"), (60.0, "5s")):
-            async with conn.transaction():
-                await ledger._bound_waits(conn, remaining, ledger.Limits())
-                row = await (await conn.execute("SHOW lock_timeout")).fetchone()
-                assert row == (expected,)
+@dataclass
+class FakeCall:
+    remaining: float | None
+    is_cancelled: bool = False
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def cancelled(self) -> bool:
+        return self.is_cancelled
+
+
+@pytest.mark.parametrize(
+    ("remaining", "lock_ms", "by_deadline"),
+    [
+        (None, 5000, False),
+        (60.0, 5000, False),
+        (0.3, 240, True),
+        (0.05, 40, True),
+        (0.02, 16, True),
+    ],
+)
+def test_the_time_remaining_sets_the_lock_timeout_with_a_proportional_margin(
+    remaining: float | None, lock_ms: int, by_deadline: bool
+) -> None:
+    timeouts = ledger.timeouts_for(FakeCall(remaining), ledger.Limits())
+    assert (timeouts.lock_ms, timeouts.lock_set_by_deadline) == (lock_ms, by_deadline)
+
+
+def test_no_transaction_starts_for_a_call_past_its_deadline_or_cancelled() -> None:
+    for call, reason in (
+        (FakeCall(0.001), "DEADLINE_EXCEEDED"),
+        (FakeCall(-1.0), "DEADLINE_EXCEEDED"),
+        (FakeCall(5.0, is_cancelled=True), "CANCELLED"),
+    ):
         with pytest.raises(ServiceError) as raised:
-            await ledger._bound_waits(conn, 0.05, ledger.Limits())
-        assert raised.value.reason == "DEADLINE_EXCEEDED"
+            ledger.timeouts_for(call, ledger.Limits())
+        assert raised.value.reason == reason
 
 
 async def test_a_busy_wallet_with_time_left_is_aborted_not_timed_out(

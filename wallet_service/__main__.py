@@ -13,7 +13,9 @@ from wallet_service.server import start
 
 async def _serve(settings: WalletSettings) -> None:
     running = await start(settings)
-    await serve_until_signal(running, settings.shutdown_grace_seconds)
+    await serve_until_signal(
+        running, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds
+    )
 
 
 def main() -> None:

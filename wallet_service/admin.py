@@ -2,7 +2,8 @@
 
 python -m wallet_service.admin check-invariants
     Each wallet's balance equals the sum of its ledger entries and its last entry's
-    balance_after; per currency, credits minus debits equals the sum of balances.
+    balance_after; its entries are numbered 1..n with no gap; per currency, credits minus
+    debits equals the sum of balances.
     Prints what it found; exits 1 when an invariant fails.
 
 python -m wallet_service.admin clean-idempotency-keys
@@ -34,7 +35,12 @@ async def check_invariants(database_url: str) -> tuple[bool, dict[str, Any]]:
         if total["credits"] - total["debits"] != total["balances"]
     ]
     report["unbalanced_currencies"] = unbalanced
-    ok = not (report["drifted_wallets"] or report["stale_balance_after"] or unbalanced)
+    ok = not (
+        report["drifted_wallets"]
+        or report["stale_balance_after"]
+        or report["sequence_gaps"]
+        or unbalanced
+    )
     return ok, report
 
 

@@ -1,5 +1,7 @@
 """The wallet service's settings (environment variables, `.env`)."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from shared.config import CommonSettings
@@ -24,6 +26,9 @@ class WalletSettings(CommonSettings):
     idempotency_retention_hours: float = Field(24.0, ge=24)
     # How often the service deletes outcomes older than the retention.
     idempotency_cleanup_interval_seconds: float = Field(3600.0, gt=0)
+    # `serializable` runs every transaction SERIALIZABLE (the mode for CockroachDB or
+    # YugabyteDB); serialization failures are retried inside the service.
+    wallet_isolation_level: Literal["read_committed", "serializable"] = "read_committed"
 
     @property
     def address(self) -> str:

@@ -2,8 +2,10 @@
 
 from shared.gen.wallet.v1 import wallet_pb2
 from shared.timestamps import to_timestamp
+from shared.tokens import Principal
 from wallet_service.currencies import currency_exponent
 from wallet_service.models import LedgerEntry, Transaction, TransactionType, Wallet
+from wallet_service.permissions import sees_request_details
 
 TYPE_TO_PROTO = {
     TransactionType.CREDIT: wallet_pb2.TRANSACTION_TYPE_CREDIT,
@@ -25,24 +27,29 @@ def wallet_message(wallet: Wallet) -> wallet_pb2.Wallet:
     )
 
 
-def transaction_message(transaction: Transaction) -> wallet_pb2.Transaction:
-    return wallet_pb2.Transaction(
+def transaction_message(transaction: Transaction, viewer: Principal) -> wallet_pb2.Transaction:
+    """The transaction as `viewer` may see it: its idempotency key and reference only for
+    the caller that requested it (or wallet:admin), not for the other side of a movement."""
+    message = wallet_pb2.Transaction(
         id=str(transaction.id),
         type=TYPE_TO_PROTO[transaction.type],
         amount=transaction.amount,
         currency=transaction.currency,
         source_wallet_id=str(transaction.source_wallet_id or ""),
         destination_wallet_id=str(transaction.destination_wallet_id or ""),
-        idempotency_key=transaction.idempotency_key,
-        reference=transaction.reference,
         create_time=to_timestamp(transaction.created_at),
     )
+    if sees_request_details(viewer, transaction.requested_by):
+        message.idempotency_key = transaction.idempotency_key
+        message.reference = transaction.reference
+    return message
 
 
-def ledger_entry_message(entry: LedgerEntry) -> wallet_pb2.LedgerEntry:
+def ledger_entry_message(entry: LedgerEntry, viewer: Principal) -> wallet_pb2.LedgerEntry:
     return wallet_pb2.LedgerEntry(
         wallet_id=str(entry.wallet_id),
-        transaction=transaction_message(entry.transaction),
+        transaction=transaction_message(entry.transaction, viewer),
         balance_change=entry.amount,
         balance_after=entry.balance_after,
+        sequence=entry.sequence,
     )

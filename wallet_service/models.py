@@ -38,7 +38,7 @@ class Transaction:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    id: int
+    sequence: int  # 1, 2, 3, ... within the wallet, with no gap
     wallet_id: UUID
     transaction: Transaction
     amount: int  # signed change of the wallet's balance

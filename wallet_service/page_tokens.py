@@ -50,10 +50,10 @@ def decode(token: str, filters: Any) -> list[Any] | None:
     return cursor
 
 
-def entry_cursor(cursor: list[Any]) -> int:
-    """A history cursor: the id of the last ledger entry seen."""
-    if len(cursor) == 1 and type(cursor[0]) is int and 0 < cursor[0] < 2**63:
-        return cursor[0]
+def sequence_cursor(cursor: list[Any]) -> int:
+    """A history cursor: the sequence number of the last ledger entry seen."""
+    if len(cursor) == 2 and cursor[0] == "seq" and type(cursor[1]) is int and 0 < cursor[1] < 2**63:
+        return cursor[1]
     raise _not_ours()
 
 

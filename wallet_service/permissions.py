@@ -24,6 +24,11 @@ def can_use(principal: Principal, wallet: Wallet) -> bool:
     return may_use_wallet_of(principal, wallet.user_id)
 
 
+def sees_request_details(principal: Principal, requested_by: str) -> bool:
+    """A movement's idempotency key and reference belong to the caller that requested it."""
+    return principal.subject == requested_by or principal.has_scope(ADMIN_SCOPE)
+
+
 def require_credit_scope(principal: Principal) -> None:
     if not (principal.has_scope(CREDIT_SCOPE) or principal.has_scope(ADMIN_SCOPE)):
         raise permission_denied(

@@ -105,23 +105,27 @@ async def list_wallets(
 # Applies a checked movement to wallets this transaction has locked, in one round trip (the
 # row locks are held until commit, so fewer round trips mean a hot wallet serves more calls):
 # append the transaction, apply each signed change, append one ledger entry per wallet with
-# its balance after, and record the outcome under the caller's idempotency key.
+# its balance after and the wallet's next sequence number, and record the outcome under the
+# caller's idempotency key.
 APPLY_MOVEMENT = f"""
 WITH changes AS (
     SELECT * FROM unnest(%(wallet_ids)s::uuid[], %(changes)s::bigint[]) AS c (wallet_id, change)
 ), transaction AS (
     INSERT INTO wallet.transactions AS t (id, type, amount, currency, source_wallet_id,
-        destination_wallet_id, idempotency_key, reference, requested_by)
+        destination_wallet_id, idempotency_key, request_hash, reference, requested_by)
     VALUES (%(id)s, %(type)s, %(amount)s, %(currency)s, %(source)s, %(destination)s,
-        %(key)s, %(reference)s, %(principal)s)
+        %(key)s, %(request_hash)s, %(reference)s, %(principal)s)
     RETURNING {TRANSACTION_COLUMNS}
 ), updated AS (
-    UPDATE wallet.wallets w SET balance = w.balance + c.change, updated_at = now()
+    UPDATE wallet.wallets w
+    SET balance = w.balance + c.change, last_sequence = w.last_sequence + 1, updated_at = now()
     FROM changes c WHERE w.id = c.wallet_id
-    RETURNING w.id, w.balance, c.change
+    RETURNING w.id, w.balance, w.last_sequence, c.change
 ), entries AS (
-    INSERT INTO wallet.ledger_entries (wallet_id, transaction_id, type, amount, balance_after)
-    SELECT u.id, %(id)s, %(type)s, u.change, u.balance FROM updated u ORDER BY u.id
+    INSERT INTO wallet.ledger_entries
+        (wallet_id, sequence, transaction_id, type, amount, balance_after)
+    SELECT u.id, u.last_sequence, %(id)s, %(type)s, u.change, u.balance FROM updated u
+    ORDER BY u.id
 ), balances AS (
     SELECT jsonb_object_agg(u.id, u.balance) AS balances_after FROM updated u
 ), outcome AS (
@@ -140,6 +144,7 @@ async def apply_movement(
     changes: list[tuple[UUID, int]],
     currency: str,
     idempotency_key: str,
+    request_hash: str,
     principal: str,
 ) -> tuple[Transaction, dict[UUID, int]]:
     """Writes a movement whose wallets are locked and checked; returns the transaction and
@@ -157,6 +162,7 @@ async def apply_movement(
             "source": movement.source_wallet_id,
             "destination": movement.destination_wallet_id,
             "key": idempotency_key,
+            "request_hash": request_hash,
             "reference": movement.reference,
             "principal": principal,
         },
@@ -183,27 +189,27 @@ async def list_ledger_entries(
     conn: Conn,
     wallet_id: UUID,
     *,
-    before_id: int | None,
+    before_sequence: int | None,
     type_: TransactionType | None,
     start_time: datetime | None,
     end_time: datetime | None,
     limit: int,
 ) -> list[LedgerEntry]:
-    """A wallet's entries, newest first, strictly older than the `before_id` cursor."""
+    """A wallet's entries, newest first, strictly older than the `before_sequence` cursor."""
     rows = await _all(
         conn,
-        "SELECT e.id AS entry_id, e.wallet_id, e.amount AS entry_amount, e.balance_after,"
+        "SELECT e.sequence, e.wallet_id, e.amount AS entry_amount, e.balance_after,"
         f" {TRANSACTION_COLUMNS}"
         " FROM wallet.ledger_entries e JOIN wallet.transactions t ON t.id = e.transaction_id"
         " WHERE e.wallet_id = %(wallet_id)s"
-        " AND (%(before_id)s::bigint IS NULL OR e.id < %(before_id)s)"
+        " AND (%(before_sequence)s::bigint IS NULL OR e.sequence < %(before_sequence)s)"
         " AND (%(type)s::text IS NULL OR e.type = %(type)s)"
         " AND (%(start_time)s::timestamptz IS NULL OR e.created_at >= %(start_time)s)"
         " AND (%(end_time)s::timestamptz IS NULL OR e.created_at < %(end_time)s)"
-        " ORDER BY e.id DESC LIMIT %(limit)s",
+        " ORDER BY e.sequence DESC LIMIT %(limit)s",
         {
             "wallet_id": wallet_id,
-            "before_id": before_id,
+            "before_sequence": before_sequence,
             "type": type_.value if type_ else None,
             "start_time": start_time,
             "end_time": end_time,
@@ -212,7 +218,7 @@ async def list_ledger_entries(
     )
     return [
         LedgerEntry(
-            id=row["entry_id"],
+            sequence=row["sequence"],
             wallet_id=row["wallet_id"],
             transaction=_transaction(row),
             amount=row["entry_amount"],
@@ -233,18 +239,65 @@ async def claim_idempotency_key(
     The returned row has `claimed` true when this call inserted it. A concurrent claim of the
     same key waits here until the first one commits (then it gets that outcome) or rolls back
     (then it claims the key itself). One statement, so a clean-up cannot slip in between.
+    `ledger_transaction_id` names the transaction this key already made, if any: a record
+    cleaned up after its retention leaves the key claimable, but the ledger remembers it.
     """
     row = await _one(
         conn,
-        "INSERT INTO wallet.idempotency_keys AS k (principal, key, request_hash)"
-        " VALUES (%s, %s, %s)"
-        " ON CONFLICT (principal, key) DO UPDATE SET key = EXCLUDED.key"
-        " RETURNING (xmax = 0) AS claimed, request_hash, status, transaction_id,"
-        " balances_after, error_reason, error_message, error_metadata",
-        (principal, key, request_hash),
+        CLAIM_IDEMPOTENCY_KEY,
+        {"principal": principal, "key": key, "request_hash": request_hash},
     )
     assert row is not None
     return row
+
+
+CLAIM_IDEMPOTENCY_KEY = """
+WITH claim AS (
+    INSERT INTO wallet.idempotency_keys AS k (principal, key, request_hash)
+    VALUES (%(principal)s, %(key)s, %(request_hash)s)
+    ON CONFLICT (principal, key) DO UPDATE SET key = EXCLUDED.key
+    RETURNING (xmax = 0) AS claimed, request_hash, status, transaction_id, balances_after,
+        error_reason, error_message, error_metadata
+)
+SELECT claim.*, (
+    SELECT t.id FROM wallet.transactions t
+    WHERE t.requested_by = %(principal)s AND t.idempotency_key = %(key)s
+    ORDER BY t.key_occurrence LIMIT 1
+) AS ledger_transaction_id
+FROM claim
+"""
+
+
+async def ledger_outcome(
+    conn: Conn, transaction_id: UUID
+) -> tuple[Transaction, str | None, dict[UUID, int]]:
+    """A transaction as its key's first outcome: the transaction, the request hash it was made
+    with (None for one older than the hashes) and each touched wallet's balance after it."""
+    row = await _one(
+        conn,
+        f"SELECT {TRANSACTION_COLUMNS}, t.request_hash,"
+        " (SELECT jsonb_object_agg(e.wallet_id, e.balance_after) FROM wallet.ledger_entries e"
+        "  WHERE e.transaction_id = t.id) AS balances_after"
+        " FROM wallet.transactions t WHERE t.id = %s",
+        (transaction_id,),
+    )
+    assert row is not None, "the ledger keeps every transaction"
+    return _transaction(row), row["request_hash"], stored_balances(row)
+
+
+async def record_success(
+    conn: Conn, principal: str, key: str, transaction_id: UUID, balances: dict[UUID, int]
+) -> None:
+    await conn.execute(
+        "UPDATE wallet.idempotency_keys SET status = 'succeeded', transaction_id = %s,"
+        " balances_after = %s WHERE principal = %s AND key = %s",
+        (
+            transaction_id,
+            Jsonb({str(wallet_id): balance for wallet_id, balance in balances.items()}),
+            principal,
+            key,
+        ),
+    )
 
 
 async def record_failure(
@@ -298,8 +351,19 @@ LAST_ENTRY_MISMATCHES = """
 SELECT w.id, w.balance, last.balance_after
 FROM wallet.wallets w
 JOIN LATERAL (SELECT balance_after FROM wallet.ledger_entries e
-              WHERE e.wallet_id = w.id ORDER BY e.id DESC LIMIT 1) last ON true
+              WHERE e.wallet_id = w.id ORDER BY e.sequence DESC LIMIT 1) last ON true
 WHERE last.balance_after <> w.balance
+"""
+
+# Sequences run 1..n with no gap (they are unique per wallet, so n entries must end at n),
+# and the wallet's last_sequence is the newest.
+SEQUENCE_GAPS = """
+SELECT w.id, w.last_sequence, count(e.sequence) AS entries,
+       coalesce(max(e.sequence), 0) AS max_sequence
+FROM wallet.wallets w LEFT JOIN wallet.ledger_entries e ON e.wallet_id = w.id
+GROUP BY w.id, w.last_sequence
+HAVING coalesce(max(e.sequence), 0) <> count(e.sequence)
+    OR w.last_sequence <> count(e.sequence)
 """
 
 
@@ -307,5 +371,6 @@ async def invariant_report(conn: Conn) -> dict[str, list[dict[str, Any]]]:
     return {
         "drifted_wallets": await _all(conn, WALLETS_THAT_DRIFTED, ()),
         "stale_balance_after": await _all(conn, LAST_ENTRY_MISMATCHES, ()),
+        "sequence_gaps": await _all(conn, SEQUENCE_GAPS, ()),
         "totals": await _all(conn, TOTALS_BY_CURRENCY, ()),
     }

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import grpc
+import psycopg
 import psycopg_pool
 
 from shared.db import open_pool
@@ -21,6 +22,20 @@ from wallet_service.servicer import WalletServicer
 
 log = logging.getLogger(__name__)
 
+# Reconnect to auth within about a second of its return (grpc's default backoff grows to
+# two minutes, so tokens with a new key could fail long after an auth outage ended).
+AUTH_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+async def _serializable(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Every transaction SERIALIZABLE, as on a distributed PostgreSQL-compatible engine; the
+    ledger retries the serialization failures this brings."""
+    await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+
 
 async def start(settings: WalletSettings) -> RunningServer:
     pool = await open_pool(
@@ -28,8 +43,9 @@ async def start(settings: WalletSettings) -> RunningServer:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         name="wallet",
+        configure=_serializable if settings.wallet_isolation_level == "serializable" else None,
     )
-    auth_channel = grpc.aio.insecure_channel(settings.auth_address)
+    auth_channel = grpc.aio.insecure_channel(settings.auth_address, options=AUTH_CHANNEL_OPTIONS)
     verifier = TokenVerifier(
         grpc_key_source(auth_channel),
         issuer=settings.token_issuer,

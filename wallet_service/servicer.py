@@ -13,7 +13,7 @@ from wallet_service import page_tokens, validation
 from wallet_service import repository as repo
 from wallet_service.authentication import current_principal
 from wallet_service.currencies import normalise_currency
-from wallet_service.ledger import Limits, move_money
+from wallet_service.ledger import Limits, WalletTurns, move_money
 from wallet_service.messages import ledger_entry_message, transaction_message, wallet_message
 from wallet_service.models import Movement, MovementResult, TransactionType, Wallet
 from wallet_service.permissions import can_use, may_use_wallet_of, require_credit_scope
@@ -23,6 +23,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], limits: Limits) -> None:
         self._pool = pool
         self._limits = limits
+        self._turns = WalletTurns()
 
     async def CreateWallet(
         self, request: wallet_pb2.CreateWalletRequest, context: Any
@@ -79,10 +80,13 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             reference=validation.reference(request.reference),
         )
         result = await self._move(principal, movement, request.idempotency_key, context)
-        return wallet_pb2.CreditResponse(
-            transaction=transaction_message(result.transaction),
-            balance_after=result.balances_after[wallet_id],
+        response = wallet_pb2.CreditResponse(
+            transaction=transaction_message(result.transaction, principal)
         )
+        # A crediting service is not told a user's balance.
+        if may_use_wallet_of(principal, result.owners[wallet_id]):
+            response.balance_after = result.balances_after[wallet_id]
+        return response
 
     async def Debit(
         self, request: wallet_pb2.DebitRequest, context: Any
@@ -98,7 +102,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         )
         result = await self._move(principal, movement, request.idempotency_key, context)
         return wallet_pb2.DebitResponse(
-            transaction=transaction_message(result.transaction),
+            transaction=transaction_message(result.transaction, principal),
             balance_after=result.balances_after[wallet_id],
         )
 
@@ -123,7 +127,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         )
         result = await self._move(principal, movement, request.idempotency_key, context)
         response = wallet_pb2.TransferResponse(
-            transaction=transaction_message(result.transaction),
+            transaction=transaction_message(result.transaction, principal),
             source_balance_after=result.balances_after[source_id],
         )
         if may_use_wallet_of(principal, result.owners[destination_id]):
@@ -147,7 +151,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             )
         if transaction is None or not visible:
             raise not_found("TRANSACTION_NOT_FOUND", f"transaction {transaction_id} not found")
-        return wallet_pb2.GetTransactionResponse(transaction=transaction_message(transaction))
+        return wallet_pb2.GetTransactionResponse(
+            transaction=transaction_message(transaction, principal)
+        )
 
     async def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: Any
@@ -174,7 +180,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             entries = await repo.list_ledger_entries(
                 conn,
                 wallet_id,
-                before_id=page_tokens.entry_cursor(cursor) if cursor else None,
+                before_sequence=page_tokens.sequence_cursor(cursor) if cursor else None,
                 type_=type_filter,
                 start_time=start_time,
                 end_time=end_time,
@@ -183,9 +189,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         next_token = ""
         if len(entries) > size:
             entries = entries[:size]
-            next_token = page_tokens.encode([entries[-1].id], filters)
+            next_token = page_tokens.encode(["seq", entries[-1].sequence], filters)
         return wallet_pb2.ListTransactionsResponse(
-            entries=[ledger_entry_message(entry) for entry in entries],
+            entries=[ledger_entry_message(entry, principal) for entry in entries],
             next_page_token=next_token,
         )
 
@@ -196,10 +202,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     ) -> MovementResult:
         return await move_money(
             self._pool,
+            self._turns,
             principal,
             movement,
             validation.idempotency_key(key),
-            context.time_remaining,
+            context,
             self._limits,
         )
 
