@@ -6,14 +6,18 @@ key never signs again) and makes a new one active; the retired key stays publish
 until every token it signed has expired. Key ids are RFC 7638 JWK thumbprints.
 """
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import psycopg_pool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from auth_service import repository as repo
 from auth_service.models import PublishedKey
 from auth_service.repository import Conn
+from shared.errors import unavailable
 from shared.gen.auth.v1 import auth_pb2
 from shared.timestamps import to_timestamp
 
@@ -30,6 +35,9 @@ ALGORITHM = "EdDSA"
 # Published a little longer than the token lifetime: clocks differ, and an instance may
 # sign with a key in the instant that a rotation retires it.
 RETIREMENT_MARGIN_SECONDS = 60
+# How stale the published key set may be: a rotation or revocation by another instance or
+# an operator shows within this; within it, GetPublicKeys costs no database read.
+PUBLISHED_KEYS_MAX_AGE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,26 +102,51 @@ async def rotate(conn: Conn) -> str:
 
 
 class KeyStore:
-    """The signing key and the published keys, read from the database on each use so
-    that a rotation by any instance or operator takes effect everywhere at once."""
+    """The signing key, read from the database on each use so that a rotation by any
+    instance or operator takes effect everywhere at once, and the published keys, cached.
+
+    The published set is read at most once per `PUBLISHED_KEYS_MAX_AGE_SECONDS` (every
+    verifier asks for it), at once when this instance signs with a key it does not list yet,
+    and is kept through a database outage: verifiers can go on checking tokens."""
 
     def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], access_token_ttl: int) -> None:
         self._pool = pool
         self._published_for = access_token_ttl + RETIREMENT_MARGIN_SECONDS
+        self._published: list[auth_pb2.PublicKey] | None = None
+        self._published_at = -math.inf
+        self._refresh_lock = asyncio.Lock()
 
     async def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
         async with self._pool.connection() as conn:
             key = await repo.active_signing_key(conn)
         if key is None:
             raise RuntimeError("no active signing key: the service creates one at start-up")
+        if self._published is not None and all(k.key_id != key.id for k in self._published):
+            self._published_at = -math.inf  # rotated: publish the new key before its tokens
         private_key = serialization.load_pem_private_key(key.private_key_pem.encode(), None)
         assert isinstance(private_key, Ed25519PrivateKey)
         return key.id, private_key
 
     async def public_keys(self) -> list[auth_pb2.PublicKey]:
-        async with self._pool.connection() as conn:
-            keys = await repo.published_keys(conn, self._published_for)
-        return [self._message(key) for key in keys]
+        if time.monotonic() - self._published_at > PUBLISHED_KEYS_MAX_AGE_SECONDS:
+            async with self._refresh_lock:  # one read for every caller waiting here
+                if time.monotonic() - self._published_at > PUBLISHED_KEYS_MAX_AGE_SECONDS:
+                    await self._refresh_published()
+        if self._published is None:
+            raise unavailable("KEYS_UNAVAILABLE", "the verification keys cannot be read now")
+        return self._published
+
+    async def _refresh_published(self) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                keys = await repo.published_keys(conn, self._published_for)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+            if self._published is None:
+                raise
+            log.warning("serving cached public keys", extra={"error": str(error)})
+            return
+        self._published = [self._message(key) for key in keys]
+        self._published_at = time.monotonic()
 
     def _message(self, key: PublishedKey) -> auth_pb2.PublicKey:
         public_key = serialization.load_pem_public_key(key.public_key_pem.encode())

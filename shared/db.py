@@ -3,8 +3,9 @@
 The pool hands out connections that were checked before use, and fails fast while the
 database is known to be down: a call gets UNAVAILABLE at once instead of waiting for a
 connection that cannot come. A call never waits for a connection past its own deadline
-(`shared.deadlines`): it gets UNAVAILABLE while the client still listens. Health is decided by `DatabaseMonitor`, which probes with a fresh
-connection of its own, so one dead pooled connection never marks the database down.
+(`shared.deadlines`): it gets UNAVAILABLE while the client still listens. Health is decided
+by `DatabaseMonitor`, which probes with a fresh connection of its own, so one dead pooled
+connection never marks the database down.
 """
 
 import asyncio
@@ -40,13 +41,25 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
     """A pool that fails fast while its database is down and never outwaits a call.
 
     A connection that comes back broken, or a wait that times out, raises `trouble`, so
-    the monitor probes the database at once."""
-
-    database_down = False
+    the monitor probes the database at once; once it finds the database down, calls still
+    waiting for a connection get UNAVAILABLE at once too."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.trouble = asyncio.Event()
-        super().__init__(*args, check=self._check_quickly, **kwargs)
+        self._down = asyncio.Event()
+        self._background: set[asyncio.Future[None]] = set()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def database_down(self) -> bool:
+        return self._down.is_set()
+
+    @database_down.setter
+    def database_down(self, down: bool) -> None:
+        if down:
+            self._down.set()
+        else:
+            self._down.clear()
 
     async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:  # noqa: ASYNC109 (the pool's own signature)
         if self.database_down:
@@ -55,30 +68,62 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
         left = seconds_left()
         if left is not None:  # answer UNAVAILABLE before the client's deadline passes
             wait = min(wait, max(left - answer_margin(left), 0.0))
+        # Wait for a connection, or for the monitor to find the database down (idle
+        # connections may all fail their check, and new ones cannot come).
+        getting = asyncio.ensure_future(self._getconn_within(wait))
+        down = asyncio.ensure_future(self._down.wait())
         try:
-            return await super().getconn(wait)
-        except psycopg_pool.PoolTimeout:
+            await asyncio.wait((getting, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+            if not getting.done():
+                getting.cancel()
+                getting.add_done_callback(self._give_back_unused)
+        if not getting.done():
+            raise DatabaseUnavailable("the database is unavailable")
+        return getting.result()
+
+    def _give_back_unused(self, getting: "asyncio.Future[psycopg.AsyncConnection[Any]]") -> None:
+        """A connection that arrived for a waiter who had already given up goes back."""
+        if not getting.cancelled() and getting.exception() is None:
+            giving_back = asyncio.ensure_future(self.putconn(getting.result()))
+            self._background.add(giving_back)
+            giving_back.add_done_callback(self._background.discard)
+
+    async def _getconn_within(self, wait: float) -> psycopg.AsyncConnection[Any]:
+        """A connection that passed `_still_works`; dead ones are handed back (the pool
+        replaces them) and the next is tried at once, within the same wait."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
+            except psycopg_pool.PoolTimeout:
+                self.trouble.set()
+                raise DatabaseUnavailable(f"no database connection within {wait:.3f} s") from None
+            if await self._still_works(conn):
+                return conn
             self.trouble.set()
-            raise DatabaseUnavailable(f"no database connection within {wait:.3f} s") from None
+            await self.putconn(conn)
 
     async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.broken:
             self.trouble.set()
         await super().putconn(conn)
 
-    async def _check_quickly(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _still_works(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Checks a connection on checkout without a round trip: an idle connection has
         nothing to read, so a readable socket means the server said something (a restart
         or termination notice, or EOF). Only then does a query find out if it still works."""
         if conn.closed or conn.broken:
-            raise psycopg.OperationalError("connection closed")
+            return False
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        if readable:
-            try:
-                await self.check_connection(conn)
-            except psycopg.Error:
-                self.trouble.set()
-                raise
+        if not readable:
+            return True
+        try:
+            await self.check_connection(conn)
+        except psycopg.Error:
+            return False
+        return True
 
 
 async def open_pool(

@@ -29,6 +29,7 @@ from tests.auth_helpers import (
     get_me,
     register_and_login,
 )
+from tests.db_proxy import database_proxy
 
 ISSUER, AUDIENCE = "wallet-system-auth", "wallet-system"
 
@@ -173,6 +174,7 @@ async def test_rotation_signs_with_a_new_key_and_keeps_the_old_one_until_its_tok
                     " WHERE id = %s",
                     (old_key.key_id,),
                 )
+            await asyncio.sleep(keys.PUBLISHED_KEYS_MAX_AGE_SECONDS)  # the cache's age
             assert [key.key_id for key in (await public_keys(channel)).keys] == [new_key_id]
             fresh_verifier = TokenVerifier(
                 grpc_key_source(channel), issuer=ISSUER, audience=AUDIENCE
@@ -197,6 +199,7 @@ async def test_the_rotate_keys_command_makes_a_new_active_key(database_server_ur
             )
             stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
             assert process.returncode == 0
+            await asyncio.sleep(keys.PUBLISHED_KEYS_MAX_AGE_SECONDS)  # the cache's age
             (after,) = [key for key in (await public_keys(channel)).keys if key.active]
             assert after.key_id != before.key_id
             assert after.key_id in stdout.decode()
@@ -218,3 +221,30 @@ async def test_get_me_with_a_token_from_a_key_that_was_never_published_is_refuse
     await expect_auth_error(
         grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN", get_me(auth_channel, forged)
     )
+
+
+async def test_public_keys_are_cached_and_served_through_a_database_outage(
+    database_server_url: str,
+) -> None:
+    with auth_database(database_server_url) as url:
+        async with database_proxy(url) as proxy, extra_auth_server(proxy.url(url)) as channel:
+            before = await public_keys(channel)
+            proxy.refusing = True
+            proxy.cut_all()
+            await asyncio.sleep(keys.PUBLISHED_KEYS_MAX_AGE_SECONDS + 0.2)
+            # Verifiers keep getting the keys while the auth database is away.
+            for _ in range(3):
+                assert await public_keys(channel) == before
+            proxy.refusing = False
+
+
+async def test_a_rotation_by_another_process_is_published_within_the_cache_age(
+    database_server_url: str,
+) -> None:
+    with auth_database(database_server_url) as url:
+        async with extra_auth_server(url) as channel:
+            await public_keys(channel)
+            new_key_id = await rotate_keys(url)
+            await asyncio.sleep(keys.PUBLISHED_KEYS_MAX_AGE_SECONDS + 0.1)
+            active = [key.key_id for key in (await public_keys(channel)).keys if key.active]
+            assert active == [new_key_id]
