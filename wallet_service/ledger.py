@@ -124,7 +124,9 @@ class WalletTurns:
             for wallet_id in ids:
                 self._users[wallet_id] -= 1
                 if not self._users[wallet_id]:
-                    del self._users[wallet_id], self._locks[wallet_id]
+                    # No lock yet if every taker gave up before reaching this wallet.
+                    del self._users[wallet_id]
+                    self._locks.pop(wallet_id, None)
 
 
 def _wait_over(set_by_deadline: bool) -> ServiceError:
