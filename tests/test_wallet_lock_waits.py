@@ -19,10 +19,10 @@ from tests.wallet_helpers import (
     insert_aged_idempotency_key,
     new_key,
 )
-from wallet_service import ledger
-from wallet_service import repository as repo
 from wallet_service.config import WalletSettings
+from wallet_service.engine import runner as ledger
 from wallet_service.server import start as start_wallet
+from wallet_service.store import ledger as ledger_store
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ async def test_another_users_locked_wallet_is_not_found_at_once(
 
 def failing_first(times: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Makes the next `times` movements fail with a serialization failure (40001)."""
-    real = repo.apply_movement
+    real = ledger_store.write
     calls: list[int] = []
 
     async def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -200,7 +200,7 @@ def failing_first(times: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
             raise psycopg.errors.SerializationFailure("could not serialize access")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(repo, "apply_movement", flaky)
+    monkeypatch.setattr(ledger_store, "write", flaky)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""Turns on a wallet within one process (wallet_service.ledger.WalletTurns)."""
+"""Turns on a wallet within one process (wallet_service.engine.runner.WalletTurns)."""
 
 import asyncio
 import uuid
@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from shared.errors import ServiceError
-from wallet_service.ledger import Timeouts, WalletTurns
+from wallet_service.engine.runner import Timeouts, WalletTurns
 
 
 def timeouts(seconds: float) -> Timeouts:

@@ -2,8 +2,10 @@
 
 python -m wallet_service.admin check-invariants
     Each wallet's balance equals the sum of its ledger entries and its last entry's
-    balance_after; its entries are numbered 1..n with no gap; per currency, credits minus
-    debits equals the sum of balances.
+    balance_after; its entries are numbered 1..n with no gap; its held amount is the sum of
+    its held holds and its available balance is never negative; no hold is captured beyond
+    its amount, no transaction refunded beyond its amount; per currency, money in minus money
+    out equals the sum of balances.
     Prints what it found; exits 1 when an invariant fails.
 
 python -m wallet_service.admin clean-idempotency-keys
@@ -19,8 +21,8 @@ from typing import Any
 import psycopg
 
 from shared.config import load_settings
-from wallet_service import repository as repo
 from wallet_service.config import WalletSettings
+from wallet_service.store import idempotency, invariants
 
 
 async def check_invariants(database_url: str) -> tuple[bool, dict[str, Any]]:
@@ -28,25 +30,19 @@ async def check_invariants(database_url: str) -> tuple[bool, dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         async with conn.transaction():
-            report = await repo.invariant_report(conn)
-    unbalanced = [
+            report = await invariants.report(conn)
+    report["unbalanced_currencies"] = [
         total
         for total in report["totals"]
-        if total["credits"] - total["debits"] != total["balances"]
+        if total["money_in"] - total["money_out"] != total["balances"]
     ]
-    report["unbalanced_currencies"] = unbalanced
-    ok = not (
-        report["drifted_wallets"]
-        or report["stale_balance_after"]
-        or report["sequence_gaps"]
-        or unbalanced
-    )
+    ok = not any(problems for name, problems in report.items() if name != "totals")
     return ok, report
 
 
 async def clean_idempotency_keys(database_url: str, retention_hours: float) -> int:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        return await repo.delete_idempotency_keys_older_than(conn, retention_hours)
+        return await idempotency.delete_older_than(conn, retention_hours)
 
 
 def main(argv: list[str] | None = None) -> int:

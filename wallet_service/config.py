@@ -26,6 +26,8 @@ class WalletSettings(CommonSettings):
     idempotency_retention_hours: float = Field(24.0, ge=24)
     # How often the service deletes outcomes older than the retention.
     idempotency_cleanup_interval_seconds: float = Field(3600.0, gt=0)
+    # How often expired holds are marked EXPIRED (they stop counting at expiry regardless).
+    hold_sweep_interval_seconds: float = Field(10.0, gt=0, le=3600)
     # `serializable` runs every transaction SERIALIZABLE (the mode for CockroachDB or
     # YugabyteDB); serialization failures are retried inside the service.
     wallet_isolation_level: Literal["read_committed", "serializable"] = "read_committed"

@@ -1,18 +1,36 @@
-"""Domain values -> wallet.v1 protobuf messages."""
+"""Domain values -> wallet.v1 protobuf messages, as a given caller may see them."""
+
+from datetime import datetime
 
 from shared.gen.wallet.v1 import wallet_pb2
 from shared.timestamps import to_timestamp
 from shared.tokens import Principal
 from wallet_service.currencies import currency_exponent
-from wallet_service.models import LedgerEntry, Transaction, TransactionType, Wallet
+from wallet_service.models import (
+    Hold,
+    HoldStatus,
+    LedgerEntry,
+    Transaction,
+    TransactionType,
+    Wallet,
+)
 from wallet_service.permissions import sees_request_details
 
 TYPE_TO_PROTO = {
     TransactionType.CREDIT: wallet_pb2.TRANSACTION_TYPE_CREDIT,
     TransactionType.DEBIT: wallet_pb2.TRANSACTION_TYPE_DEBIT,
     TransactionType.TRANSFER: wallet_pb2.TRANSACTION_TYPE_TRANSFER,
+    TransactionType.CAPTURE: wallet_pb2.TRANSACTION_TYPE_CAPTURE,
+    TransactionType.REFUND: wallet_pb2.TRANSACTION_TYPE_REFUND,
 }
 PROTO_TO_TYPE = {proto: type_ for type_, proto in TYPE_TO_PROTO.items()}
+HOLD_STATUS_TO_PROTO = {
+    HoldStatus.HELD: wallet_pb2.HOLD_STATUS_HELD,
+    HoldStatus.CAPTURED: wallet_pb2.HOLD_STATUS_CAPTURED,
+    HoldStatus.VOIDED: wallet_pb2.HOLD_STATUS_VOIDED,
+    HoldStatus.EXPIRED: wallet_pb2.HOLD_STATUS_EXPIRED,
+}
+PROTO_TO_HOLD_STATUS = {proto: status for status, proto in HOLD_STATUS_TO_PROTO.items()}
 
 
 def wallet_message(wallet: Wallet) -> wallet_pb2.Wallet:
@@ -22,6 +40,7 @@ def wallet_message(wallet: Wallet) -> wallet_pb2.Wallet:
         currency=wallet.currency,
         currency_exponent=currency_exponent(wallet.currency),
         balance=wallet.balance,
+        available_balance=wallet.available_balance,
         create_time=to_timestamp(wallet.created_at),
         update_time=to_timestamp(wallet.updated_at),
     )
@@ -35,9 +54,12 @@ def transaction_message(transaction: Transaction, viewer: Principal) -> wallet_p
         type=TYPE_TO_PROTO[transaction.type],
         amount=transaction.amount,
         currency=transaction.currency,
-        source_wallet_id=str(transaction.source_wallet_id or ""),
-        destination_wallet_id=str(transaction.destination_wallet_id or ""),
+        source_wallet_id=_id(transaction.source_wallet_id),
+        destination_wallet_id=_id(transaction.destination_wallet_id),
         create_time=to_timestamp(transaction.created_at),
+        hold_id=_id(transaction.hold_id),
+        refunded_transaction_id=_id(transaction.refund_of),
+        refunded_amount=transaction.refunded_amount,
     )
     if sees_request_details(viewer, transaction.requested_by):
         message.idempotency_key = transaction.idempotency_key
@@ -53,3 +75,30 @@ def ledger_entry_message(entry: LedgerEntry, viewer: Principal) -> wallet_pb2.Le
         balance_after=entry.balance_after,
         sequence=entry.sequence,
     )
+
+
+def hold_message(hold: Hold, viewer: Principal, now: datetime) -> wallet_pb2.Hold:
+    """The hold as of `now` (EXPIRED from its expiry on), as `viewer` may see it."""
+    message = wallet_pb2.Hold(
+        id=str(hold.id),
+        wallet_id=str(hold.wallet_id),
+        destination_wallet_id=_id(hold.destination_wallet_id),
+        amount=hold.amount,
+        currency=hold.currency,
+        status=HOLD_STATUS_TO_PROTO[hold.status_at(now)],
+        captured_amount=hold.captured_amount,
+        expire_time=to_timestamp(hold.expires_at),
+        create_time=to_timestamp(hold.created_at),
+        capture_transaction_id=_id(hold.capture_transaction_id),
+    )
+    finished_at = hold.finished_at_or_expiry(now)
+    if finished_at is not None:
+        message.finish_time.CopyFrom(to_timestamp(finished_at))
+    if sees_request_details(viewer, hold.requested_by):
+        message.idempotency_key = hold.idempotency_key
+        message.reference = hold.reference
+    return message
+
+
+def _id(value: object | None) -> str:
+    return "" if value is None else str(value)

@@ -1,4 +1,4 @@
-"""The wallet service's domain values, as the repository returns them."""
+"""The wallet service's domain values, as the store returns them."""
 
 import enum
 from dataclasses import dataclass
@@ -10,6 +10,15 @@ class TransactionType(enum.StrEnum):
     CREDIT = "credit"
     DEBIT = "debit"
     TRANSFER = "transfer"
+    CAPTURE = "capture"
+    REFUND = "refund"
+
+
+class HoldStatus(enum.StrEnum):
+    HELD = "held"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True)
@@ -18,8 +27,13 @@ class Wallet:
     user_id: str
     currency: str
     balance: int
+    held: int  # the amounts of its live holds
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def available_balance(self) -> int:
+        return self.balance - self.held
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,13 @@ class Transaction:
     reference: str
     requested_by: str
     created_at: datetime
+    hold_id: UUID | None = None  # a capture's hold
+    refund_of: UUID | None = None  # a refund's original
+    refunded_amount: int = 0  # how much of it has been refunded
+
+    @property
+    def wallet_ids(self) -> list[UUID]:
+        return [id_ for id_ in (self.source_wallet_id, self.destination_wallet_id) if id_]
 
 
 @dataclass(frozen=True)
@@ -46,23 +67,33 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
-class Movement:
-    """A requested money movement: what the idempotency key is bound to."""
-
-    type: TransactionType
-    amount: int
-    source_wallet_id: UUID | None
+class Hold:
+    id: UUID
+    wallet_id: UUID
     destination_wallet_id: UUID | None
+    amount: int
+    currency: str
+    status: HoldStatus  # as stored: a HELD hold past its expiry is EXPIRED all the same
+    captured_amount: int
+    expires_at: datetime
+    requested_by: str
+    idempotency_key: str
     reference: str
+    capture_transaction_id: UUID | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    def status_at(self, now: datetime) -> HoldStatus:
+        """Its status at `now`: a hold is EXPIRED from the instant its expiry passes."""
+        if self.status == HoldStatus.HELD and self.expires_at <= now:
+            return HoldStatus.EXPIRED
+        return self.status
+
+    def finished_at_or_expiry(self, now: datetime) -> datetime | None:
+        if self.status_at(now) == HoldStatus.EXPIRED and self.finished_at is None:
+            return self.expires_at
+        return self.finished_at
 
     @property
     def wallet_ids(self) -> list[UUID]:
-        return [id_ for id_ in (self.source_wallet_id, self.destination_wallet_id) if id_]
-
-
-@dataclass(frozen=True)
-class MovementResult:
-    transaction: Transaction
-    balances_after: dict[UUID, int]  # every wallet the movement touched
-    owners: dict[UUID, str]  # the user id of each of those wallets
-    replayed: bool  # True when an earlier request with the same key produced it
+        return [id_ for id_ in (self.wallet_id, self.destination_wallet_id) if id_]

@@ -57,8 +57,8 @@ def sequence_cursor(cursor: list[Any]) -> int:
     raise _not_ours()
 
 
-def wallet_cursor(cursor: list[Any]) -> tuple[datetime, UUID]:
-    """A wallet-list cursor: (created_at, id) of the last wallet seen."""
+def time_and_id_cursor(cursor: list[Any]) -> tuple[datetime, UUID]:
+    """A list cursor: (created_at, id) of the last wallet or hold seen."""
     if len(cursor) == 2 and all(isinstance(part, str) for part in cursor):
         try:
             created_at = datetime.fromisoformat(cursor[0])

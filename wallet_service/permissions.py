@@ -1,11 +1,13 @@
 """Who may do what with a wallet (SPEC: a user acts on its own wallets; `wallet:credit` may
-credit any wallet; `wallet:admin` may act on any wallet)."""
+credit any wallet; `wallet:hold` may place holds on any wallet; `wallet:admin` may act on any
+wallet)."""
 
 from shared.errors import permission_denied
 from shared.tokens import Principal
 from wallet_service.models import Wallet
 
 CREDIT_SCOPE = "wallet:credit"
+HOLD_SCOPE = "wallet:hold"
 ADMIN_SCOPE = "wallet:admin"
 
 
@@ -29,8 +31,22 @@ def sees_request_details(principal: Principal, requested_by: str) -> bool:
     return principal.subject == requested_by or principal.has_scope(ADMIN_SCOPE)
 
 
+def is_admin(principal: Principal) -> bool:
+    return principal.has_scope(ADMIN_SCOPE)
+
+
+def may_credit(principal: Principal) -> bool:
+    """Crediting any wallet (and refunding debits, reversing credits): the payments service."""
+    return principal.has_scope(CREDIT_SCOPE) or is_admin(principal)
+
+
+def can_place_holds_on_any_wallet(principal: Principal) -> bool:
+    """A checkout authorising a payment; anyone else places holds on its own wallets."""
+    return principal.has_scope(HOLD_SCOPE) or is_admin(principal)
+
+
 def require_credit_scope(principal: Principal) -> None:
-    if not (principal.has_scope(CREDIT_SCOPE) or principal.has_scope(ADMIN_SCOPE)):
+    if not may_credit(principal):
         raise permission_denied(
             "MISSING_SCOPE", f"crediting needs the {CREDIT_SCOPE} scope", scope=CREDIT_SCOPE
         )

@@ -14,11 +14,12 @@ from shared.db import open_pool
 from shared.gen.wallet.v1 import wallet_pb2_grpc
 from shared.server import RunningServer, start_server
 from shared.tokens import TokenVerifier, grpc_key_source
-from wallet_service import repository as repo
 from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
-from wallet_service.ledger import Limits
+from wallet_service.engine.runner import Engine, Limits
 from wallet_service.servicer import WalletServicer
+from wallet_service.store import holds as holds_store
+from wallet_service.store import idempotency
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,24 @@ async def start(settings: WalletSettings) -> RunningServer:
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
-    servicer = WalletServicer(
+    engine = Engine(
         pool,
         Limits(
             lock_timeout_seconds=settings.lock_timeout_seconds,
             statement_timeout_seconds=settings.statement_timeout_seconds,
         ),
     )
-    cleanup = asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings))
+    servicer = WalletServicer(pool, engine)
+    background = [
+        asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings)),
+        asyncio.create_task(_sweep_expired_holds_periodically(pool, settings)),
+    ]
 
     async def stop_background_work() -> None:
-        cleanup.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleanup
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await auth_channel.close(grace=None)
 
     return await start_server(
@@ -86,9 +92,26 @@ async def _clean_idempotency_keys_periodically(
         await asyncio.sleep(settings.idempotency_cleanup_interval_seconds)
         try:
             async with pool.connection() as conn:
-                removed = await repo.delete_idempotency_keys_older_than(
+                removed = await idempotency.delete_older_than(
                     conn, settings.idempotency_retention_hours
                 )
             log.info("removed expired idempotency keys", extra={"count": removed})
         except Exception:
             log.exception("idempotency key clean-up failed; will try again")
+
+
+async def _sweep_expired_holds_periodically(
+    pool: psycopg_pool.AsyncConnectionPool[Any], settings: WalletSettings
+) -> None:
+    """Marks holds past their expiry as EXPIRED. They stopped counting the instant they
+    expired; this tidies their status. Safe with several instances: each hold is marked once,
+    and a hold a movement has locked right now is skipped until the next round."""
+    while True:
+        await asyncio.sleep(settings.hold_sweep_interval_seconds)
+        try:
+            async with pool.connection() as conn:
+                expired = await holds_store.sweep_expired(conn)
+            if expired:
+                log.info("marked expired holds", extra={"count": len(expired)})
+        except Exception:
+            log.exception("expired hold sweep failed; will try again")

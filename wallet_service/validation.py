@@ -7,8 +7,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.errors import invalid_argument
 from shared.gen.wallet.v1 import wallet_pb2
-from wallet_service.messages import PROTO_TO_TYPE
-from wallet_service.models import TransactionType
+from wallet_service.messages import PROTO_TO_HOLD_STATUS, PROTO_TO_TYPE
+from wallet_service.models import HoldStatus, TransactionType
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_REFERENCE_LENGTH = 256
@@ -22,6 +22,14 @@ def transaction_id(value: str) -> UUID:
     return _uuid(value, "transaction_id", "INVALID_TRANSACTION_ID")
 
 
+def hold_id(value: str) -> UUID:
+    return _uuid(value, "hold_id", "INVALID_HOLD_ID")
+
+
+def optional_wallet_id(value: str, field: str) -> UUID | None:
+    return wallet_id(value, field) if value else None
+
+
 def _uuid(value: str, field: str, reason: str) -> UUID:
     try:
         return UUID(value)
@@ -33,6 +41,34 @@ def amount(value: int) -> int:
     if value <= 0:
         raise invalid_argument("INVALID_AMOUNT", "amount must be a positive number of minor units")
     return value
+
+
+def amount_or_all(value: int) -> int:
+    """An amount where 0 means "all of it" (a capture, a refund)."""
+    if value < 0:
+        raise invalid_argument(
+            "INVALID_AMOUNT", "amount must be a positive number of minor units, or 0 for all"
+        )
+    return value
+
+
+def expiry(value: Timestamp, has_value: bool) -> datetime | None:
+    """A hold's requested expiry; None for the default. How far ahead it may be is checked
+    against the clock when the hold is placed."""
+    if not has_value:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise invalid_argument("INVALID_EXPIRY", "expire_time is not a valid time") from None
+
+
+def hold_status_filter(value: int) -> HoldStatus | None:
+    if value == wallet_pb2.HOLD_STATUS_UNSPECIFIED:
+        return None
+    if value not in PROTO_TO_HOLD_STATUS:
+        raise invalid_argument("INVALID_HOLD_STATUS", f"unknown hold status {value}")
+    return PROTO_TO_HOLD_STATUS[value]  # type: ignore[index]
 
 
 def idempotency_key(value: str) -> str:

@@ -1,0 +1,122 @@
+"""Holds: read, listed, locked for a capture or void, and swept when they expire. New holds
+and status changes are written with the rest of a movement (store/ledger.py)."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from wallet_service.models import Hold, HoldStatus
+from wallet_service.store import Conn, all_rows, one
+
+HOLD_COLUMNS = (
+    "h.id, h.wallet_id, h.destination_wallet_id, h.amount, h.currency, h.status,"
+    " h.captured_amount, h.expires_at, h.requested_by, h.idempotency_key, h.reference,"
+    " h.capture_transaction_id, h.created_at, h.finished_at"
+)
+
+
+def hold_from_row(row: dict[str, Any]) -> Hold:
+    fields = {key: row[key] for key in Hold.__dataclass_fields__}
+    fields["status"] = HoldStatus(fields["status"])
+    return Hold(**fields)
+
+
+async def get_hold(conn: Conn, hold_id: UUID) -> Hold | None:
+    row = await one(conn, f"SELECT {HOLD_COLUMNS} FROM wallet.holds h WHERE h.id = %s", (hold_id,))
+    return hold_from_row(row) if row else None
+
+
+async def lock_holds(conn: Conn, hold_ids: list[UUID]) -> dict[UUID, Hold]:
+    """Locks holds in ascending id order; taken after their wallets' locks."""
+    rows = await all_rows(
+        conn,
+        f"SELECT {HOLD_COLUMNS} FROM wallet.holds h WHERE h.id = ANY(%s) ORDER BY h.id FOR UPDATE",
+        (hold_ids,),
+    )
+    return {row["id"]: hold_from_row(row) for row in rows}
+
+
+async def hold_created_with(conn: Conn, requested_by: str, key: str) -> tuple[Hold, str] | None:
+    """The hold a caller placed with `key`, and the request hash it was placed with."""
+    row = await one(
+        conn,
+        f"SELECT {HOLD_COLUMNS}, h.request_hash FROM wallet.holds h"
+        " WHERE h.requested_by = %s AND h.idempotency_key = %s",
+        (requested_by, key),
+    )
+    return (hold_from_row(row), row["request_hash"]) if row else None
+
+
+async def hold_finished_with(conn: Conn, finished_by: str, key: str) -> Hold | None:
+    """The hold a caller captured or voided with `key`."""
+    row = await one(
+        conn,
+        f"SELECT {HOLD_COLUMNS} FROM wallet.holds h"
+        " WHERE h.finished_by = %s AND h.finished_by_key = %s",
+        (finished_by, key),
+    )
+    return hold_from_row(row) if row else None
+
+
+async def list_holds(
+    conn: Conn,
+    wallet_id: UUID,
+    *,
+    status: HoldStatus | None,
+    before: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[Hold]:
+    """A wallet's holds, newest first, after the (created_at, id) cursor. The status filter
+    is the status as of now: a HELD hold past its expiry counts as EXPIRED."""
+    before_time, before_id = before or (None, None)
+    rows = await all_rows(
+        conn,
+        f"SELECT {HOLD_COLUMNS} FROM wallet.holds h WHERE h.wallet_id = %(wallet_id)s"
+        " AND (%(status)s::text IS NULL OR %(status)s = CASE"
+        "      WHEN h.status = 'held' AND h.expires_at <= clock_timestamp() THEN 'expired'"
+        "      ELSE h.status END)"
+        " AND (%(before_time)s::timestamptz IS NULL"
+        "      OR (h.created_at, h.id) < (%(before_time)s, %(before_id)s::uuid))"
+        " ORDER BY h.created_at DESC, h.id DESC LIMIT %(limit)s",
+        {
+            "wallet_id": wallet_id,
+            "status": status.value if status else None,
+            "before_time": before_time,
+            "before_id": before_id,
+            "limit": limit,
+        },
+    )
+    return [hold_from_row(row) for row in rows]
+
+
+# Marks holds past their expiry as expired, a batch at a time, taking each wallet's lock
+# before its hold's (the global order) and skipping any a movement holds right now: it will
+# be swept next time. Several instances may sweep at once; each hold is marked once.
+SWEEP_EXPIRED = f"""
+WITH due AS (
+    SELECT h.id, h.wallet_id, h.amount FROM wallet.holds h
+    WHERE h.status = 'held' AND h.expires_at <= clock_timestamp()
+    ORDER BY h.expires_at LIMIT %(limit)s
+), wallets AS (
+    SELECT w.id FROM wallet.wallets w WHERE w.id IN (SELECT wallet_id FROM due)
+    ORDER BY w.id FOR UPDATE SKIP LOCKED
+), holds AS (
+    SELECT h.id FROM wallet.holds h
+    WHERE h.id IN (SELECT id FROM due WHERE wallet_id IN (SELECT id FROM wallets))
+    ORDER BY h.id FOR UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE wallet.holds h SET status = 'expired', finished_at = h.expires_at
+    FROM holds WHERE h.id = holds.id AND h.status = 'held'
+    RETURNING {HOLD_COLUMNS}
+), released AS (
+    UPDATE wallet.wallets w SET held = w.held - e.amount
+    FROM (SELECT wallet_id, sum(amount) AS amount FROM expired GROUP BY wallet_id) e
+    WHERE w.id = e.wallet_id
+)
+SELECT * FROM expired h
+"""
+
+
+async def sweep_expired(conn: Conn, limit: int = 500) -> list[Hold]:
+    rows = await all_rows(conn, SWEEP_EXPIRED, {"limit": limit})
+    return [hold_from_row(row) for row in rows]

@@ -1,0 +1,282 @@
+"""The ledger: transactions and ledger entries, read; and everything one database transaction
+of the engine changes, written in a single statement (row locks are held until commit, so
+fewer round trips mean a hot wallet serves more calls)."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from wallet_service.models import Hold, LedgerEntry, Transaction, TransactionType
+from wallet_service.store import Conn, all_rows, one
+
+TRANSACTION_COLUMNS = (
+    "t.id, t.type, t.amount, t.currency, t.source_wallet_id, t.destination_wallet_id,"
+    " t.idempotency_key, t.reference, t.requested_by, t.created_at, t.hold_id, t.refund_of,"
+    " coalesce((SELECT r.amount FROM wallet.refunded_amounts r WHERE r.transaction_id = t.id),"
+    " 0) AS refunded_amount"
+)
+
+
+def transaction_from_row(row: dict[str, Any]) -> Transaction:
+    fields = {key: row[key] for key in Transaction.__dataclass_fields__}
+    fields["type"] = TransactionType(fields["type"])
+    return Transaction(**fields)
+
+
+async def get_transaction(conn: Conn, transaction_id: UUID) -> Transaction | None:
+    row = await one(
+        conn,
+        f"SELECT {TRANSACTION_COLUMNS} FROM wallet.transactions t WHERE t.id = %s",
+        (transaction_id,),
+    )
+    return transaction_from_row(row) if row else None
+
+
+async def transaction_made_with(
+    conn: Conn, requested_by: str, key: str
+) -> tuple[Transaction, str | None, dict[UUID, int]] | None:
+    """The transaction a caller's key made (its first, for keys from before keys were
+    permanent), the request hash it was made with (None if older than the hashes), and the
+    balance each wallet had right after it."""
+    row = await one(
+        conn,
+        f"SELECT {TRANSACTION_COLUMNS}, t.request_hash,"
+        " (SELECT jsonb_object_agg(e.wallet_id, e.balance_after) FROM wallet.ledger_entries e"
+        "  WHERE e.transaction_id = t.id) AS balances_after"
+        " FROM wallet.transactions t WHERE t.requested_by = %s AND t.idempotency_key = %s"
+        " ORDER BY t.key_occurrence LIMIT 1",
+        (requested_by, key),
+    )
+    if row is None:
+        return None
+    balances = {UUID(wallet_id): int(b) for wallet_id, b in row["balances_after"].items()}
+    return transaction_from_row(row), row["request_hash"], balances
+
+
+async def list_ledger_entries(
+    conn: Conn,
+    wallet_id: UUID,
+    *,
+    before_sequence: int | None,
+    type_: TransactionType | None,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    limit: int,
+) -> list[LedgerEntry]:
+    """A wallet's entries, newest first, strictly older than the `before_sequence` cursor."""
+    rows = await all_rows(
+        conn,
+        "SELECT e.sequence, e.wallet_id, e.amount AS entry_amount, e.balance_after,"
+        f" {TRANSACTION_COLUMNS}"
+        " FROM wallet.ledger_entries e JOIN wallet.transactions t ON t.id = e.transaction_id"
+        " WHERE e.wallet_id = %(wallet_id)s"
+        " AND (%(before_sequence)s::bigint IS NULL OR e.sequence < %(before_sequence)s)"
+        " AND (%(type)s::text IS NULL OR e.type = %(type)s)"
+        " AND (%(start_time)s::timestamptz IS NULL OR e.created_at >= %(start_time)s)"
+        " AND (%(end_time)s::timestamptz IS NULL OR e.created_at < %(end_time)s)"
+        " ORDER BY e.sequence DESC LIMIT %(limit)s",
+        {
+            "wallet_id": wallet_id,
+            "before_sequence": before_sequence,
+            "type": type_.value if type_ else None,
+            "start_time": start_time,
+            "end_time": end_time,
+            "limit": limit,
+        },
+    )
+    return [
+        LedgerEntry(
+            sequence=row["sequence"],
+            wallet_id=row["wallet_id"],
+            transaction=transaction_from_row(row),
+            amount=row["entry_amount"],
+            balance_after=row["balance_after"],
+        )
+        for row in rows
+    ]
+
+
+async def lock_refunded_amounts(conn: Conn, transaction_ids: list[UUID]) -> dict[UUID, int]:
+    """Locks (creating it at 0 if need be) each transaction's refunded total, in ascending id
+    order; taken after the wallets' locks. Concurrent refunds of one transaction wait here."""
+    rows = await all_rows(
+        conn,
+        "INSERT INTO wallet.refunded_amounts AS r (transaction_id, amount)"
+        " SELECT id, 0 FROM unnest(%s::uuid[]) AS ids (id) ORDER BY id"
+        " ON CONFLICT (transaction_id) DO UPDATE SET amount = r.amount"
+        " RETURNING r.transaction_id, r.amount",
+        (transaction_ids,),
+    )
+    return {row["transaction_id"]: row["amount"] for row in rows}
+
+
+# --- writing what a database transaction of the engine did ----------------------------------
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One ledger entry: a signed change of one wallet's balance by one transaction."""
+
+    wallet_id: UUID
+    transaction_id: UUID
+    type: TransactionType
+    sequence: int
+    amount: int
+    balance_after: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WalletChange:
+    """The sum of what a database transaction changed on one wallet it locked."""
+
+    wallet_id: UUID
+    balance: int
+    held: int
+    entries: int
+    last_sequence_before: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A key's first outcome, as recorded under it."""
+
+    principal: str
+    key: str
+    transaction_id: UUID | None
+    response: bytes
+
+
+@dataclass
+class Writes:
+    transactions: list[tuple[Transaction, str]] = field(default_factory=list)  # with its hash
+    postings: list[Posting] = field(default_factory=list)
+    wallets: list[WalletChange] = field(default_factory=list)
+    new_holds: list[tuple[Hold, str]] = field(default_factory=list)  # with its request hash
+    finished_holds: list[tuple[Hold, str | None, str | None]] = field(default_factory=list)
+    refunded_amounts: dict[UUID, int] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+# One statement for everything: each part is a no-op when its arrays are empty. A wallet
+# update only applies if the wallet's last sequence is what the engine read under its lock,
+# so the statement reports how many wallets it changed and the caller checks the count.
+WRITE = """
+WITH new_transactions AS (
+    INSERT INTO wallet.transactions (id, type, amount, currency, source_wallet_id,
+        destination_wallet_id, idempotency_key, request_hash, reference, requested_by,
+        created_at, hold_id, refund_of)
+    SELECT * FROM unnest(%(t_id)s::uuid[], %(t_type)s::text[], %(t_amount)s::bigint[],
+        %(t_currency)s::text[], %(t_source)s::uuid[], %(t_destination)s::uuid[],
+        %(t_key)s::text[], %(t_hash)s::text[], %(t_reference)s::text[],
+        %(t_requested_by)s::text[], %(t_created_at)s::timestamptz[], %(t_hold)s::uuid[],
+        %(t_refund_of)s::uuid[])
+), new_holds AS (
+    INSERT INTO wallet.holds (id, wallet_id, destination_wallet_id, amount, currency,
+        expires_at, requested_by, idempotency_key, request_hash, reference, created_at)
+    SELECT * FROM unnest(%(h_id)s::uuid[], %(h_wallet)s::uuid[], %(h_destination)s::uuid[],
+        %(h_amount)s::bigint[], %(h_currency)s::text[], %(h_expires_at)s::timestamptz[],
+        %(h_requested_by)s::text[], %(h_key)s::text[], %(h_hash)s::text[],
+        %(h_reference)s::text[], %(h_created_at)s::timestamptz[])
+), entries AS (
+    INSERT INTO wallet.ledger_entries (wallet_id, sequence, transaction_id, type, amount,
+        balance_after, created_at)
+    SELECT * FROM unnest(%(e_wallet)s::uuid[], %(e_sequence)s::bigint[],
+        %(e_transaction)s::uuid[], %(e_type)s::text[], %(e_amount)s::bigint[],
+        %(e_balance_after)s::bigint[], %(e_created_at)s::timestamptz[])
+), finished_holds AS (
+    UPDATE wallet.holds h SET status = f.status, captured_amount = f.captured_amount,
+        capture_transaction_id = f.capture_transaction_id, finished_by = f.finished_by,
+        finished_by_key = f.finished_by_key, finished_at = f.finished_at
+    FROM unnest(%(f_id)s::uuid[], %(f_status)s::text[], %(f_captured)s::bigint[],
+        %(f_capture)s::uuid[], %(f_by)s::text[], %(f_key)s::text[],
+        %(f_at)s::timestamptz[])
+        AS f (id, status, captured_amount, capture_transaction_id, finished_by,
+              finished_by_key, finished_at)
+    WHERE h.id = f.id
+), refunded AS (
+    UPDATE wallet.refunded_amounts r SET amount = f.amount
+    FROM unnest(%(r_id)s::uuid[], %(r_amount)s::bigint[]) AS f (id, amount)
+    WHERE r.transaction_id = f.id
+), outcomes AS (
+    UPDATE wallet.idempotency_keys k SET status = 'succeeded',
+        transaction_id = o.transaction_id, response = o.response
+    FROM unnest(%(o_principal)s::text[], %(o_key)s::text[], %(o_transaction)s::uuid[],
+        %(o_response)s::bytea[]) AS o (principal, key, transaction_id, response)
+    WHERE k.principal = o.principal AND k.key = o.key
+), changed_wallets AS (
+    UPDATE wallet.wallets w SET balance = w.balance + c.balance, held = w.held + c.held,
+        last_sequence = w.last_sequence + c.entries, updated_at = now()
+    FROM unnest(%(w_id)s::uuid[], %(w_balance)s::bigint[], %(w_held)s::bigint[],
+        %(w_entries)s::bigint[], %(w_sequence)s::bigint[])
+        AS c (id, balance, held, entries, last_sequence_before)
+    WHERE w.id = c.id AND w.last_sequence = c.last_sequence_before
+    RETURNING w.id
+)
+SELECT count(*) AS wallets FROM changed_wallets
+"""
+
+
+async def write(conn: Conn, writes: Writes) -> None:
+    """Writes everything at once; raises if a wallet changed behind the engine's back (it
+    cannot while its row lock is held: this is the last line of defence)."""
+    transactions = [transaction for transaction, _ in writes.transactions]
+    row = await one(
+        conn,
+        WRITE,
+        {
+            "t_id": [t.id for t in transactions],
+            "t_type": [t.type.value for t in transactions],
+            "t_amount": [t.amount for t in transactions],
+            "t_currency": [t.currency for t in transactions],
+            "t_source": [t.source_wallet_id for t in transactions],
+            "t_destination": [t.destination_wallet_id for t in transactions],
+            "t_key": [t.idempotency_key for t in transactions],
+            "t_hash": [request_hash for _, request_hash in writes.transactions],
+            "t_reference": [t.reference for t in transactions],
+            "t_requested_by": [t.requested_by for t in transactions],
+            "t_created_at": [t.created_at for t in transactions],
+            "t_hold": [t.hold_id for t in transactions],
+            "t_refund_of": [t.refund_of for t in transactions],
+            "h_id": [h.id for h, _ in writes.new_holds],
+            "h_wallet": [h.wallet_id for h, _ in writes.new_holds],
+            "h_destination": [h.destination_wallet_id for h, _ in writes.new_holds],
+            "h_amount": [h.amount for h, _ in writes.new_holds],
+            "h_currency": [h.currency for h, _ in writes.new_holds],
+            "h_expires_at": [h.expires_at for h, _ in writes.new_holds],
+            "h_requested_by": [h.requested_by for h, _ in writes.new_holds],
+            "h_key": [h.idempotency_key for h, _ in writes.new_holds],
+            "h_hash": [request_hash for _, request_hash in writes.new_holds],
+            "h_reference": [h.reference for h, _ in writes.new_holds],
+            "h_created_at": [h.created_at for h, _ in writes.new_holds],
+            "e_wallet": [p.wallet_id for p in writes.postings],
+            "e_sequence": [p.sequence for p in writes.postings],
+            "e_transaction": [p.transaction_id for p in writes.postings],
+            "e_type": [p.type.value for p in writes.postings],
+            "e_amount": [p.amount for p in writes.postings],
+            "e_balance_after": [p.balance_after for p in writes.postings],
+            "e_created_at": [p.created_at for p in writes.postings],
+            "f_id": [h.id for h, _, _ in writes.finished_holds],
+            "f_status": [h.status.value for h, _, _ in writes.finished_holds],
+            "f_captured": [h.captured_amount for h, _, _ in writes.finished_holds],
+            "f_capture": [h.capture_transaction_id for h, _, _ in writes.finished_holds],
+            "f_by": [by for _, by, _ in writes.finished_holds],
+            "f_key": [key for _, _, key in writes.finished_holds],
+            "f_at": [h.finished_at for h, _, _ in writes.finished_holds],
+            "r_id": list(writes.refunded_amounts),
+            "r_amount": list(writes.refunded_amounts.values()),
+            "o_principal": [o.principal for o in writes.outcomes],
+            "o_key": [o.key for o in writes.outcomes],
+            "o_transaction": [o.transaction_id for o in writes.outcomes],
+            "o_response": [o.response for o in writes.outcomes],
+            "w_id": [c.wallet_id for c in writes.wallets],
+            "w_balance": [c.balance for c in writes.wallets],
+            "w_held": [c.held for c in writes.wallets],
+            "w_entries": [c.entries for c in writes.wallets],
+            "w_sequence": [c.last_sequence_before for c in writes.wallets],
+        },
+    )
+    assert row is not None
+    if row["wallets"] != len(writes.wallets):
+        raise RuntimeError("a locked wallet changed under the engine; nothing was written")
