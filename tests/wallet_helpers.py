@@ -2,6 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -67,6 +68,53 @@ class Caller:
                 idempotency_key=key or new_key(),
             ),
         )
+
+    async def create_hold(
+        self,
+        wallet_id: str,
+        amount: int,
+        key: str | None = None,
+        *,
+        destination: str = "",
+        expires_in_seconds: float | None = None,
+    ) -> Any:
+        request = wallet_pb2.CreateHoldRequest(
+            wallet_id=wallet_id,
+            amount=amount,
+            destination_wallet_id=destination,
+            idempotency_key=key or new_key(),
+        )
+        if expires_in_seconds is not None:
+            request.expire_time.FromDatetime(
+                datetime.now(UTC) + timedelta(seconds=expires_in_seconds)
+            )
+        return await self.call("CreateHold", request)
+
+    async def capture(self, hold_id: str, amount: int = 0, key: str | None = None) -> Any:
+        return await self.call(
+            "CaptureHold",
+            wallet_pb2.CaptureHoldRequest(
+                hold_id=hold_id, amount=amount, idempotency_key=key or new_key()
+            ),
+        )
+
+    async def void(self, hold_id: str, key: str | None = None) -> Any:
+        return await self.call(
+            "VoidHold",
+            wallet_pb2.VoidHoldRequest(hold_id=hold_id, idempotency_key=key or new_key()),
+        )
+
+    async def refund(self, transaction_id: str, amount: int = 0, key: str | None = None) -> Any:
+        return await self.call(
+            "RefundTransaction",
+            wallet_pb2.RefundTransactionRequest(
+                transaction_id=transaction_id, amount=amount, idempotency_key=key or new_key()
+            ),
+        )
+
+    async def wallet(self, wallet_id: str) -> wallet_pb2.Wallet:
+        response = await self.call("GetWallet", wallet_pb2.GetWalletRequest(wallet_id=wallet_id))
+        return response.wallet
 
 
 def new_key() -> str:
