@@ -1,7 +1,7 @@
 """The wallet service's domain values, as the store returns them."""
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -12,6 +12,24 @@ class TransactionType(enum.StrEnum):
     TRANSFER = "transfer"
     CAPTURE = "capture"
     REFUND = "refund"
+
+
+class WalletStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DEBITS_FROZEN = "debits_frozen"  # no money out, holds included
+    FROZEN = "frozen"  # nothing in or out
+    CLOSED = "closed"  # final
+
+    @property
+    def may_pay(self) -> bool:
+        return self == WalletStatus.ACTIVE
+
+    @property
+    def may_receive(self) -> bool:
+        return self in (WalletStatus.ACTIVE, WalletStatus.DEBITS_FROZEN)
+
+
+Metadata = dict[str, str]
 
 
 class HoldStatus(enum.StrEnum):
@@ -30,6 +48,10 @@ class Wallet:
     held: int  # the amounts of its live holds
     created_at: datetime
     updated_at: datetime
+    status: WalletStatus = WalletStatus.ACTIVE
+    status_reason: str = ""
+    status_changed_at: datetime | None = None
+    metadata: Metadata = field(default_factory=dict)
 
     @property
     def available_balance(self) -> int:
@@ -51,6 +73,8 @@ class Transaction:
     hold_id: UUID | None = None  # a capture's hold
     refund_of: UUID | None = None  # a refund's original
     refunded_amount: int = 0  # how much of it has been refunded
+    metadata: Metadata = field(default_factory=dict)
+    batch_index: int = 0  # its place in an ExecuteBatch
 
     @property
     def wallet_ids(self) -> list[UUID]:
@@ -82,6 +106,7 @@ class Hold:
     capture_transaction_id: UUID | None
     created_at: datetime
     finished_at: datetime | None
+    metadata: Metadata = field(default_factory=dict)
 
     def status_at(self, now: datetime) -> HoldStatus:
         """Its status at `now`: a hold is EXPIRED from the instant its expiry passes."""

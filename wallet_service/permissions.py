@@ -8,6 +8,7 @@ from wallet_service.models import Wallet
 
 CREDIT_SCOPE = "wallet:credit"
 HOLD_SCOPE = "wallet:hold"
+EVENTS_SCOPE = "wallet:events"
 ADMIN_SCOPE = "wallet:admin"
 
 
@@ -35,6 +36,11 @@ def is_admin(principal: Principal) -> bool:
     return principal.has_scope(ADMIN_SCOPE)
 
 
+def watches_every_wallet(principal: Principal) -> bool:
+    """Notifications, accounting, fraud: every wallet's events, with every detail."""
+    return principal.has_scope(EVENTS_SCOPE) or is_admin(principal)
+
+
 def may_credit(principal: Principal) -> bool:
     """Crediting any wallet (and refunding debits, reversing credits): the payments service."""
     return principal.has_scope(CREDIT_SCOPE) or is_admin(principal)
@@ -43,6 +49,13 @@ def may_credit(principal: Principal) -> bool:
 def can_place_holds_on_any_wallet(principal: Principal) -> bool:
     """A checkout authorising a payment; anyone else places holds on its own wallets."""
     return principal.has_scope(HOLD_SCOPE) or is_admin(principal)
+
+
+def require_admin_scope(principal: Principal) -> None:
+    if not is_admin(principal):
+        raise permission_denied(
+            "MISSING_SCOPE", f"this needs the {ADMIN_SCOPE} scope", scope=ADMIN_SCOPE
+        )
 
 
 def require_credit_scope(principal: Principal) -> None:

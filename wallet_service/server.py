@@ -16,9 +16,8 @@ from shared.server import RunningServer, start_server
 from shared.tokens import TokenVerifier, grpc_key_source
 from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
-from wallet_service.engine.runner import Engine, Limits
+from wallet_service.engine.runner import Engine, Limits, sweep_expired_holds
 from wallet_service.servicer import WalletServicer
-from wallet_service.store import holds as holds_store
 from wallet_service.store import idempotency
 
 log = logging.getLogger(__name__)
@@ -103,15 +102,11 @@ async def _clean_idempotency_keys_periodically(
 async def _sweep_expired_holds_periodically(
     pool: psycopg_pool.AsyncConnectionPool[Any], settings: WalletSettings
 ) -> None:
-    """Marks holds past their expiry as EXPIRED. They stopped counting the instant they
-    expired; this tidies their status. Safe with several instances: each hold is marked once,
-    and a hold a movement has locked right now is skipped until the next round."""
     while True:
         await asyncio.sleep(settings.hold_sweep_interval_seconds)
         try:
-            async with pool.connection() as conn:
-                expired = await holds_store.sweep_expired(conn)
+            expired = await sweep_expired_holds(pool)
             if expired:
-                log.info("marked expired holds", extra={"count": len(expired)})
+                log.info("marked expired holds", extra={"count": expired})
         except Exception:
             log.exception("expired hold sweep failed; will try again")

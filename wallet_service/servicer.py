@@ -8,13 +8,20 @@ from uuid import UUID
 
 import psycopg_pool
 
-from shared.errors import already_exists, invalid_argument, not_found
+from shared.errors import (
+    ServiceError,
+    already_exists,
+    invalid_argument,
+    not_found,
+    permission_denied,
+)
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from shared.tokens import Principal
 from wallet_service import page_tokens, validation
 from wallet_service.authentication import current_principal
 from wallet_service.currencies import normalise_currency
-from wallet_service.engine import operations
+from wallet_service.engine import events
+from wallet_service.engine.operations import batches, holds, movements, refunds, status
 from wallet_service.engine.runner import Engine
 from wallet_service.messages import (
     hold_message,
@@ -22,9 +29,16 @@ from wallet_service.messages import (
     transaction_message,
     wallet_message,
 )
-from wallet_service.models import Hold, Transaction, Wallet
-from wallet_service.permissions import can_use, is_admin, require_credit_scope
+from wallet_service.models import Hold, Transaction, TransactionType, Wallet
+from wallet_service.permissions import (
+    can_use,
+    is_admin,
+    may_credit,
+    require_admin_scope,
+    require_credit_scope,
+)
 from wallet_service.store import Conn
+from wallet_service.store import events as events_store
 from wallet_service.store import holds as holds_store
 from wallet_service.store import ledger as ledger_store
 from wallet_service.store import wallets as wallets_store
@@ -42,8 +56,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.CreateWalletResponse:
         principal = current_principal()
         currency, _ = normalise_currency(request.currency)
-        async with self._pool.connection() as conn:
-            wallet = await wallets_store.insert_wallet(conn, principal.subject, currency)
+        metadata = validation.metadata(request.metadata)
+        async with self._pool.connection() as conn, conn.transaction():
+            wallet = await wallets_store.insert_wallet(conn, principal.subject, currency, metadata)
+            if wallet is not None:
+                await events_store.insert(conn, events.created(wallet))
         if wallet is None:
             raise already_exists(
                 "WALLET_EXISTS", f"you already have a {currency} wallet", currency=currency
@@ -83,22 +100,24 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Credit(self, request: wallet_pb2.CreditRequest, context: Any) -> Any:
         principal = current_principal()
         require_credit_scope(principal)
-        operation = operations.Credit(
+        operation = movements.Credit(
             principal,
             validation.idempotency_key(request.idempotency_key),
             amount=validation.amount(request.amount),
             destination=validation.wallet_id(request.wallet_id),
             reference=validation.reference(request.reference),
+            metadata=validation.metadata(request.metadata),
         )
         return await self._engine.execute(operation, context)
 
     async def Debit(self, request: wallet_pb2.DebitRequest, context: Any) -> Any:
-        operation = operations.Debit(
+        operation = movements.Debit(
             current_principal(),
             validation.idempotency_key(request.idempotency_key),
             amount=validation.amount(request.amount),
             source=validation.wallet_id(request.wallet_id),
             reference=validation.reference(request.reference),
+            metadata=validation.metadata(request.metadata),
         )
         return await self._engine.execute(operation, context)
 
@@ -109,27 +128,42 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             raise invalid_argument(
                 "SAME_WALLET", "source and destination must be different wallets"
             )
-        operation = operations.Transfer(
+        operation = movements.Transfer(
             current_principal(),
             validation.idempotency_key(request.idempotency_key),
             amount=validation.amount(request.amount),
             source=source,
             destination=destination,
             reference=validation.reference(request.reference),
+            metadata=validation.metadata(request.metadata),
         )
         return await self._engine.execute(operation, context)
 
     async def RefundTransaction(
         self, request: wallet_pb2.RefundTransactionRequest, context: Any
     ) -> Any:
-        operation = operations.Refund(
+        operation = refunds.Refund(
             current_principal(),
             validation.idempotency_key(request.idempotency_key),
             transaction_id=validation.transaction_id(request.transaction_id),
             amount=validation.amount_or_all(request.amount),
             reference=validation.reference(request.reference),
+            metadata=validation.metadata(request.metadata),
         )
         return await self._engine.execute(operation, context)
+
+    async def ExecuteBatch(self, request: wallet_pb2.ExecuteBatchRequest, context: Any) -> Any:
+        principal = current_principal()
+        key = validation.idempotency_key(request.idempotency_key)
+        if not 1 <= len(request.movements) <= batches.MAX_MOVEMENTS:
+            raise invalid_argument(
+                "INVALID_BATCH", f"a batch has 1 to {batches.MAX_MOVEMENTS} movements"
+            )
+        legs = [
+            _batch_leg(principal, index, movement)
+            for index, movement in enumerate(request.movements)
+        ]
+        return await self._engine.execute(batches.Batch(principal, key, legs=legs), context)
 
     # --- holds -----------------------------------------------------------------------------
 
@@ -142,7 +176,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             raise invalid_argument(
                 "SAME_WALLET", "the destination must be another wallet than the held one"
             )
-        operation = operations.CreateHold(
+        operation = holds.CreateHold(
             current_principal(),
             validation.idempotency_key(request.idempotency_key),
             wallet_id=wallet_id,
@@ -150,21 +184,23 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             destination=destination,
             expires_at=validation.expiry(request.expire_time, request.HasField("expire_time")),
             reference=validation.reference(request.reference),
+            metadata=validation.metadata(request.metadata),
         )
         return await self._engine.execute(operation, context)
 
     async def CaptureHold(self, request: wallet_pb2.CaptureHoldRequest, context: Any) -> Any:
-        operation = operations.CaptureHold(
+        operation = holds.CaptureHold(
             current_principal(),
             validation.idempotency_key(request.idempotency_key),
             hold_id=validation.hold_id(request.hold_id),
             amount=validation.amount_or_all(request.amount),
             reference=validation.reference(request.reference),
+            metadata=validation.metadata(request.metadata),
         )
         return await self._engine.execute(operation, context)
 
     async def VoidHold(self, request: wallet_pb2.VoidHoldRequest, context: Any) -> Any:
-        operation = operations.VoidHold(
+        operation = holds.VoidHold(
             current_principal(),
             validation.idempotency_key(request.idempotency_key),
             hold_id=validation.hold_id(request.hold_id),
@@ -245,6 +281,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             start_time.isoformat() if start_time else None,
             end_time.isoformat() if end_time else None,
         ]
+        metadata = validation.metadata_filter(request.metadata_key, request.metadata_value)
+        filters.append(list(metadata) if metadata else None)
         cursor = page_tokens.decode(request.page_token, filters)
         async with self._pool.connection() as conn:
             await _usable_wallet(conn, principal, wallet_id)
@@ -255,6 +293,10 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 type_=type_filter,
                 start_time=start_time,
                 end_time=end_time,
+                # A user filters its own requests (it sees no one else's metadata).
+                metadata=(*metadata, None if is_admin(principal) else principal.subject)
+                if metadata
+                else None,
                 limit=size + 1,
             )
         next_token = ""
@@ -265,6 +307,88 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             entries=[ledger_entry_message(entry, principal) for entry in entries],
             next_page_token=next_token,
         )
+
+    async def GetBalanceAt(
+        self, request: wallet_pb2.GetBalanceAtRequest, context: Any
+    ) -> wallet_pb2.GetBalanceAtResponse:
+        wallet_id = validation.wallet_id(request.wallet_id)
+        at = validation.instant(request.time, request.HasField("time"))
+        async with self._pool.connection() as conn:
+            await _usable_wallet(conn, current_principal(), wallet_id)
+            balance, sequence = await ledger_store.balance_at(conn, wallet_id, at)
+        return wallet_pb2.GetBalanceAtResponse(balance=balance, sequence=sequence)
+
+    # --- wallet status ---------------------------------------------------------------------
+
+    async def UpdateWalletStatus(
+        self, request: wallet_pb2.UpdateWalletStatusRequest, context: Any
+    ) -> Any:
+        principal = current_principal()
+        require_admin_scope(principal)
+        operation = status.SetStatus(
+            principal,
+            None,
+            wallet_id=validation.wallet_id(request.wallet_id),
+            status=validation.wallet_status(request.status),
+            reason=validation.reason(request.reason),
+        )
+        return await self._engine.execute(operation, context)
+
+
+def _batch_leg(principal: Principal, index: int, movement: wallet_pb2.BatchMovement) -> batches.Leg:
+    """One movement of a batch, validated like the RPC of its kind; errors name its index."""
+    kind = movement.WhichOneof("movement")
+    try:
+        if kind == "credit":
+            if not may_credit(principal):
+                raise permission_denied(
+                    "MISSING_SCOPE",
+                    "crediting needs the wallet:credit scope",
+                    scope="wallet:credit",
+                )
+            credit = movement.credit
+            return batches.Leg(
+                TransactionType.CREDIT,
+                validation.amount(credit.amount),
+                None,
+                validation.wallet_id(credit.wallet_id),
+                validation.reference(credit.reference),
+                validation.metadata(credit.metadata),
+            )
+        if kind == "debit":
+            debit = movement.debit
+            return batches.Leg(
+                TransactionType.DEBIT,
+                validation.amount(debit.amount),
+                validation.wallet_id(debit.wallet_id),
+                None,
+                validation.reference(debit.reference),
+                validation.metadata(debit.metadata),
+            )
+        if kind == "transfer":
+            transfer = movement.transfer
+            source = validation.wallet_id(transfer.source_wallet_id, "source_wallet_id")
+            destination = validation.wallet_id(
+                transfer.destination_wallet_id, "destination_wallet_id"
+            )
+            if source == destination:
+                raise invalid_argument(
+                    "SAME_WALLET", "source and destination must be different wallets"
+                )
+            return batches.Leg(
+                TransactionType.TRANSFER,
+                validation.amount(transfer.amount),
+                source,
+                destination,
+                validation.reference(transfer.reference),
+                validation.metadata(transfer.metadata),
+            )
+        raise invalid_argument(
+            "INVALID_BATCH", "a batch movement must be a credit, debit or transfer"
+        )
+    except ServiceError as error:
+        error.metadata["index"] = str(index)
+        raise
 
 
 def _now() -> datetime:

@@ -1,5 +1,6 @@
 """Request checks that do not need the database: INVALID_ARGUMENT with a precise reason."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -7,11 +8,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.errors import invalid_argument
 from shared.gen.wallet.v1 import wallet_pb2
-from wallet_service.messages import PROTO_TO_HOLD_STATUS, PROTO_TO_TYPE
-from wallet_service.models import HoldStatus, TransactionType
+from wallet_service.messages import PROTO_TO_HOLD_STATUS, PROTO_TO_TYPE, PROTO_TO_WALLET_STATUS
+from wallet_service.models import HoldStatus, Metadata, TransactionType, WalletStatus
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_REFERENCE_LENGTH = 256
+MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_LENGTH = 64
+MAX_METADATA_VALUE_LENGTH = 512
+MAX_REASON_LENGTH = 256
 
 
 def wallet_id(value: str, field: str = "wallet_id") -> UUID:
@@ -111,10 +116,67 @@ def time_range(
     return start_time, end_time
 
 
-def _datetime(value: Timestamp, field: str) -> datetime:
+def _datetime(value: Timestamp, field: str, reason: str = "INVALID_TIME_RANGE") -> datetime:
     try:
         return value.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
+        raise invalid_argument(reason, f"{field} is not a valid time", field=field) from None
+
+
+def metadata(value: Mapping[str, str], field: str = "metadata") -> Metadata:
+    """At most 32 pairs; keys of 1 to 64 characters, values of at most 512, all printable."""
+    if len(value) > MAX_METADATA_KEYS:
         raise invalid_argument(
-            "INVALID_TIME_RANGE", f"{field} is not a valid time", field=field
-        ) from None
+            "INVALID_METADATA", f"{field} has more than {MAX_METADATA_KEYS} keys", field=field
+        )
+    for key, text in value.items():
+        if not (1 <= len(key) <= MAX_METADATA_KEY_LENGTH and key.isprintable()):
+            raise invalid_argument(
+                "INVALID_METADATA",
+                f"{field} keys have 1 to {MAX_METADATA_KEY_LENGTH} printable characters",
+                field=field,
+            )
+        if not (len(text) <= MAX_METADATA_VALUE_LENGTH and text.isprintable()):
+            raise invalid_argument(
+                "INVALID_METADATA",
+                f"{field} values have at most {MAX_METADATA_VALUE_LENGTH} printable characters",
+                field=field,
+            )
+    return dict(value)
+
+
+def metadata_filter(key: str, value: str) -> tuple[str, str] | None:
+    if not key and not value:
+        return None
+    if not key:
+        raise invalid_argument("INVALID_METADATA", "metadata_value needs a metadata_key")
+    metadata({key: value}, "metadata filter")
+    return key, value
+
+
+def wallet_status(value: int) -> WalletStatus:
+    if value not in PROTO_TO_WALLET_STATUS:
+        raise invalid_argument(
+            "INVALID_STATUS", "status must be ACTIVE, DEBITS_FROZEN, FROZEN or CLOSED"
+        )
+    return PROTO_TO_WALLET_STATUS[value]  # type: ignore[index]
+
+
+def reason(value: str) -> str:
+    text = value.strip()
+    if not (1 <= len(text) <= MAX_REASON_LENGTH and text.isprintable()):
+        raise invalid_argument(
+            "INVALID_REASON",
+            f"a reason of 1 to {MAX_REASON_LENGTH} printable characters is required",
+        )
+    return text
+
+
+def instant(value: Timestamp, has_value: bool, field: str = "time") -> datetime:
+    """A past (or present) instant; required."""
+    if not has_value:
+        raise invalid_argument("INVALID_TIME", f"{field} is required", field=field)
+    moment = _datetime(value, field, "INVALID_TIME")
+    if moment > datetime.now(UTC):
+        raise invalid_argument("INVALID_TIME", f"{field} must not be in the future", field=field)
+    return moment

@@ -41,12 +41,11 @@ from shared.errors import (
     already_exists,
     deadline_exceeded,
     failed_precondition,
-    not_found,
     unavailable,
 )
 from wallet_service import store
 from wallet_service.engine.book import Book, LockedWallet
-from wallet_service.engine.operations import Operation, Refusal
+from wallet_service.engine.operations.base import Operation, Refusal
 from wallet_service.store import holds as holds_store
 from wallet_service.store import idempotency
 from wallet_service.store import ledger as ledger_store
@@ -195,7 +194,11 @@ class Engine:
                         return await _run_once(conn, operation)
             except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
                 raise _wait_over(timeouts.lock_set_by_deadline) from None
-            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as error:
+            except (
+                pg_errors.SerializationFailure,
+                pg_errors.DeadlockDetected,
+                StartAgain,
+            ) as error:
                 await _before_retry(attempt, call, error)
             except pg_errors.UniqueViolation as error:
                 if error.diag.constraint_name not in ONE_USE_PER_KEY:
@@ -208,6 +211,13 @@ class Engine:
                 # Perhaps committed, perhaps not: the next attempt's claim finds out.
                 await _before_retry(attempt, call, error)
         raise AssertionError("every attempt either returns or raises")
+
+
+class StartAgain(Exception):
+    """A wallet this transaction just locked was written by a transaction with a larger id
+    (this one took its id before it waited for the lock). Writing now would put the wallet's
+    events out of transaction id order, which readers of the event stream rely on; a new
+    transaction gets a larger id."""
 
 
 def connection_lost(error: psycopg.Error) -> bool:
@@ -236,22 +246,26 @@ async def _before_retry(attempt: int, call: Call, error: Exception) -> None:
 async def _run_once(conn: store.Conn, operation: Operation) -> Message | ServiceError:
     principal, key = operation.principal.subject, operation.key
     request_hash = operation.fingerprint()
-    record = await idempotency.claim(conn, principal, key, request_hash)
-    if not record.claimed:
-        return await _replay(conn, operation, record)
-    if record.used_before:
-        answer = await operation.replay_stored(conn)
-        await idempotency.record_success(conn, principal, key, None, answer.SerializeToString())
-        return answer
+    if key is not None:
+        record = await idempotency.claim(conn, principal, key, request_hash)
+        if not record.claimed:
+            return await _replay(conn, operation, record)
+        if record.used_before:
+            answer = await operation.replay_stored(conn)
+            await idempotency.record_success(conn, principal, key, None, answer.SerializeToString())
+            return answer
     book = await _lock(conn, operation)
     try:
         answer, transaction_id = operation.apply(book, request_hash)
     except Refusal as refusal:
+        if key is None:
+            raise
         await idempotency.record_failure(
             conn, principal, key, refusal.reason, refusal.message, refusal.metadata
         )
         return refusal
-    book.record(Outcome(principal, key, transaction_id, answer.SerializeToString()))
+    if key is not None:
+        book.record(Outcome(principal, key, transaction_id, answer.SerializeToString()))
     await ledger_store.write(conn, book.final_writes())
     return answer
 
@@ -282,17 +296,47 @@ async def _lock(conn: store.Conn, operation: Operation) -> Book:
     rows, at = await wallets_store.lock_wallets(conn, wanted)
     for wallet_id in wanted:
         if wallet_id not in rows:
-            raise not_found("WALLET_NOT_FOUND", f"wallet {wallet_id} not found")
+            raise operation.wallet_not_found(wallet_id)
+    if any(row.newer_change for row in rows.values()):
+        raise StartAgain
     assert at is not None
-    book = Book(
-        at=at,
-        wallets={
-            id_: LockedWallet(r.id, r.user_id, r.currency, r.balance, r.held, r.last_sequence)
-            for id_, r in rows.items()
-        },
-    )
+    book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
     if operation.hold_ids:
         book.holds = await holds_store.lock_holds(conn, operation.hold_ids)
     if operation.refunded_ids:
         book.refunded = await ledger_store.lock_refunded_amounts(conn, operation.refunded_ids)
     return book
+
+
+def _locked(row: wallets_store.LockedRow) -> LockedWallet:
+    wallet = row.wallet
+    return LockedWallet(
+        id=wallet.id,
+        user_id=wallet.user_id,
+        currency=wallet.currency,
+        balance=wallet.balance,
+        held=wallet.held,
+        last_sequence=row.last_sequence,
+        status=wallet.status,
+        status_reason=wallet.status_reason,
+        status_changed_at=wallet.status_changed_at,
+        created_at=wallet.created_at,
+        metadata=wallet.metadata,
+    )
+
+
+async def sweep_expired_holds(pool: psycopg_pool.AsyncConnectionPool[Any], limit: int = 500) -> int:
+    """Marks holds past their expiry as EXPIRED, with their events; returns how many. They
+    stopped counting the instant they expired; this tidies their status. Safe with several
+    instances: each hold is marked once, and a wallet a movement holds right now is skipped
+    until the next round."""
+    async with pool.connection() as conn, conn.transaction():
+        rows, at, holds = await holds_store.lock_expired(conn, limit)
+        if not holds:
+            return 0
+        assert at is not None
+        book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
+        for hold in holds:
+            book.expire_hold(hold)
+        await ledger_store.write(conn, book.final_writes())
+    return len(holds)

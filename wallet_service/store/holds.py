@@ -7,11 +7,12 @@ from uuid import UUID
 
 from wallet_service.models import Hold, HoldStatus
 from wallet_service.store import Conn, all_rows, one
+from wallet_service.store import wallets as wallets_store
 
 HOLD_COLUMNS = (
     "h.id, h.wallet_id, h.destination_wallet_id, h.amount, h.currency, h.status,"
     " h.captured_amount, h.expires_at, h.requested_by, h.idempotency_key, h.reference,"
-    " h.capture_transaction_id, h.created_at, h.finished_at"
+    " h.capture_transaction_id, h.created_at, h.finished_at, h.metadata"
 )
 
 
@@ -89,34 +90,50 @@ async def list_holds(
     return [hold_from_row(row) for row in rows]
 
 
-# Marks holds past their expiry as expired, a batch at a time, taking each wallet's lock
-# before its hold's (the global order) and skipping any a movement holds right now: it will
-# be swept next time. Several instances may sweep at once; each hold is marked once.
-SWEEP_EXPIRED = f"""
-WITH due AS (
-    SELECT h.id, h.wallet_id, h.amount FROM wallet.holds h
-    WHERE h.status = 'held' AND h.expires_at <= clock_timestamp()
-    ORDER BY h.expires_at LIMIT %(limit)s
-), wallets AS (
-    SELECT w.id FROM wallet.wallets w WHERE w.id IN (SELECT wallet_id FROM due)
-    ORDER BY w.id FOR UPDATE SKIP LOCKED
-), holds AS (
-    SELECT h.id FROM wallet.holds h
-    WHERE h.id IN (SELECT id FROM due WHERE wallet_id IN (SELECT id FROM wallets))
-    ORDER BY h.id FOR UPDATE SKIP LOCKED
-), expired AS (
-    UPDATE wallet.holds h SET status = 'expired', finished_at = h.expires_at
-    FROM holds WHERE h.id = holds.id AND h.status = 'held'
-    RETURNING {HOLD_COLUMNS}
-), released AS (
-    UPDATE wallet.wallets w SET held = w.held - e.amount
-    FROM (SELECT wallet_id, sum(amount) AS amount FROM expired GROUP BY wallet_id) e
-    WHERE w.id = e.wallet_id
-)
-SELECT * FROM expired h
+# The wallets that have holds past their expiry still marked held, locked in ascending id
+# order, skipping any a movement holds right now (the sweep gets it next time) and any a
+# transaction with a larger id than this one's wrote to (see migration 0005: events).
+LOCK_WALLETS_WITH_EXPIRED_HOLDS = f"""
+SELECT {wallets_store.OWN_COLUMNS}, w.held, w.last_sequence, clock_timestamp() AS at
+FROM wallet.wallets w
+WHERE w.id IN (SELECT h.wallet_id FROM wallet.holds h
+               WHERE h.status = 'held' AND h.expires_at <= clock_timestamp()
+               ORDER BY h.expires_at LIMIT %(limit)s)
+  AND (w.last_xid IS NULL OR w.last_xid < pg_current_xact_id())
+ORDER BY w.id
+FOR UPDATE OF w SKIP LOCKED
 """
 
 
-async def sweep_expired(conn: Conn, limit: int = 500) -> list[Hold]:
-    rows = await all_rows(conn, SWEEP_EXPIRED, {"limit": limit})
-    return [hold_from_row(row) for row in rows]
+async def lock_expired(
+    conn: Conn, limit: int
+) -> tuple[dict[UUID, wallets_store.LockedRow], datetime | None, list[Hold]]:
+    """Locks wallets with holds past their expiry, then those holds (the global order);
+    returns the wallets, the instant, and the holds."""
+    rows = await all_rows(conn, LOCK_WALLETS_WITH_EXPIRED_HOLDS, {"limit": limit})
+    if not rows:
+        return {}, None, []
+    at = rows[0]["at"]
+    holds = [
+        hold_from_row(row)
+        for row in await all_rows(
+            conn,
+            f"SELECT {HOLD_COLUMNS} FROM wallet.holds h WHERE h.wallet_id = ANY(%s)"
+            " AND h.status = 'held' AND h.expires_at <= %s ORDER BY h.id FOR UPDATE",
+            ([row["id"] for row in rows], at),
+        )
+    ]
+    expired: dict[UUID, int] = {}
+    for hold in holds:
+        expired[hold.wallet_id] = expired.get(hold.wallet_id, 0) + hold.amount
+    locked = {
+        row["id"]: wallets_store.LockedRow(
+            wallet=wallets_store.wallet_from_row(
+                {**row, "held": row["held"] - expired.get(row["id"], 0)}
+            ),
+            last_sequence=row["last_sequence"],
+            newer_change=False,
+        )
+        for row in rows
+    }
+    return locked, at, holds

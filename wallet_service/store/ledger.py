@@ -7,12 +7,15 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from wallet_service.models import Hold, LedgerEntry, Transaction, TransactionType
+from psycopg.types.json import Jsonb
+
+from wallet_service.models import Hold, LedgerEntry, Transaction, TransactionType, WalletStatus
 from wallet_service.store import Conn, all_rows, one
 
 TRANSACTION_COLUMNS = (
     "t.id, t.type, t.amount, t.currency, t.source_wallet_id, t.destination_wallet_id,"
     " t.idempotency_key, t.reference, t.requested_by, t.created_at, t.hold_id, t.refund_of,"
+    " t.metadata, t.batch_index,"
     " coalesce((SELECT r.amount FROM wallet.refunded_amounts r WHERE r.transaction_id = t.id),"
     " 0) AS refunded_amount"
 )
@@ -33,25 +36,53 @@ async def get_transaction(conn: Conn, transaction_id: UUID) -> Transaction | Non
     return transaction_from_row(row) if row else None
 
 
-async def transaction_made_with(
-    conn: Conn, requested_by: str, key: str
-) -> tuple[Transaction, str | None, dict[UUID, int]] | None:
-    """The transaction a caller's key made (its first, for keys from before keys were
-    permanent), the request hash it was made with (None if older than the hashes), and the
-    balance each wallet had right after it."""
-    row = await one(
+@dataclass(frozen=True)
+class MadeWithKey:
+    """What a caller's key made: its transactions (several for a batch, in order), the
+    request hash they were made with (None if older than the hashes), and each touched
+    wallet's balance right after the last of them."""
+
+    transactions: list[Transaction]
+    request_hash: str | None
+    balances_after: dict[UUID, int]
+
+
+async def made_with_key(conn: Conn, requested_by: str, key: str) -> MadeWithKey | None:
+    rows = await all_rows(
         conn,
-        f"SELECT {TRANSACTION_COLUMNS}, t.request_hash,"
-        " (SELECT jsonb_object_agg(e.wallet_id, e.balance_after) FROM wallet.ledger_entries e"
-        "  WHERE e.transaction_id = t.id) AS balances_after"
-        " FROM wallet.transactions t WHERE t.requested_by = %s AND t.idempotency_key = %s"
-        " ORDER BY t.key_occurrence LIMIT 1",
+        f"SELECT {TRANSACTION_COLUMNS}, t.request_hash FROM wallet.transactions t"
+        " WHERE t.requested_by = %s AND t.idempotency_key = %s"
+        " AND t.key_occurrence = 1 ORDER BY t.batch_index",
         (requested_by, key),
     )
-    if row is None:
+    if not rows:
         return None
-    balances = {UUID(wallet_id): int(b) for wallet_id, b in row["balances_after"].items()}
-    return transaction_from_row(row), row["request_hash"], balances
+    transactions = [transaction_from_row(row) for row in rows]
+    balances = await all_rows(
+        conn,
+        "SELECT DISTINCT ON (e.wallet_id) e.wallet_id, e.balance_after"
+        " FROM wallet.ledger_entries e WHERE e.transaction_id = ANY(%s)"
+        " ORDER BY e.wallet_id, e.sequence DESC",
+        ([t.id for t in transactions],),
+    )
+    return MadeWithKey(
+        transactions,
+        rows[0]["request_hash"],
+        {row["wallet_id"]: row["balance_after"] for row in balances},
+    )
+
+
+async def balance_at(conn: Conn, wallet_id: UUID, at: datetime) -> tuple[int, int]:
+    """(balance, sequence) after the wallet's newest entry at or before `at`; (0, 0) if none.
+    One index probe (wallet, time), however long the wallet's history."""
+    row = await one(
+        conn,
+        "SELECT balance_after, sequence FROM wallet.ledger_entries"
+        " WHERE wallet_id = %s AND created_at <= %s"
+        " ORDER BY created_at DESC, sequence DESC LIMIT 1",
+        (wallet_id, at),
+    )
+    return (row["balance_after"], row["sequence"]) if row else (0, 0)
 
 
 async def list_ledger_entries(
@@ -62,9 +93,12 @@ async def list_ledger_entries(
     type_: TransactionType | None,
     start_time: datetime | None,
     end_time: datetime | None,
+    metadata: tuple[str, str, str | None] | None,
     limit: int,
 ) -> list[LedgerEntry]:
-    """A wallet's entries, newest first, strictly older than the `before_sequence` cursor."""
+    """A wallet's entries, newest first, strictly older than the `before_sequence` cursor.
+    `metadata` is (key, value, requested_by): transactions with that pair in their metadata,
+    requested by that caller (None: by anyone)."""
     rows = await all_rows(
         conn,
         "SELECT e.sequence, e.wallet_id, e.amount AS entry_amount, e.balance_after,"
@@ -75,6 +109,8 @@ async def list_ledger_entries(
         " AND (%(type)s::text IS NULL OR e.type = %(type)s)"
         " AND (%(start_time)s::timestamptz IS NULL OR e.created_at >= %(start_time)s)"
         " AND (%(end_time)s::timestamptz IS NULL OR e.created_at < %(end_time)s)"
+        " AND (%(metadata)s::jsonb IS NULL OR (t.metadata @> %(metadata)s"
+        "      AND (%(requested_by)s::text IS NULL OR t.requested_by = %(requested_by)s)))"
         " ORDER BY e.sequence DESC LIMIT %(limit)s",
         {
             "wallet_id": wallet_id,
@@ -82,6 +118,8 @@ async def list_ledger_entries(
             "type": type_.value if type_ else None,
             "start_time": start_time,
             "end_time": end_time,
+            "metadata": Jsonb({metadata[0]: metadata[1]}) if metadata else None,
+            "requested_by": metadata[2] if metadata else None,
             "limit": limit,
         },
     )
@@ -136,6 +174,31 @@ class WalletChange:
     held: int
     entries: int
     last_sequence_before: int
+    at: datetime
+    status: WalletStatus | None = None  # a new status, with its reason
+    status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    wallet_id: UUID
+    old_status: WalletStatus
+    new_status: WalletStatus
+    reason: str
+    changed_by: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """A committed change of one wallet, as an event row (payload: a WalletEvent)."""
+
+    wallet_id: UUID
+    owner_id: str
+    requested_by: str
+    type: str
+    payload: bytes
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -156,6 +219,8 @@ class Writes:
     new_holds: list[tuple[Hold, str]] = field(default_factory=list)  # with its request hash
     finished_holds: list[tuple[Hold, str | None, str | None]] = field(default_factory=list)
     refunded_amounts: dict[UUID, int] = field(default_factory=dict)
+    status_changes: list[StatusChange] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
 
 
@@ -166,19 +231,20 @@ WRITE = """
 WITH new_transactions AS (
     INSERT INTO wallet.transactions (id, type, amount, currency, source_wallet_id,
         destination_wallet_id, idempotency_key, request_hash, reference, requested_by,
-        created_at, hold_id, refund_of)
+        created_at, hold_id, refund_of, metadata, batch_index)
     SELECT * FROM unnest(%(t_id)s::uuid[], %(t_type)s::text[], %(t_amount)s::bigint[],
         %(t_currency)s::text[], %(t_source)s::uuid[], %(t_destination)s::uuid[],
         %(t_key)s::text[], %(t_hash)s::text[], %(t_reference)s::text[],
         %(t_requested_by)s::text[], %(t_created_at)s::timestamptz[], %(t_hold)s::uuid[],
-        %(t_refund_of)s::uuid[])
+        %(t_refund_of)s::uuid[], %(t_metadata)s::jsonb[], %(t_batch_index)s::smallint[])
 ), new_holds AS (
     INSERT INTO wallet.holds (id, wallet_id, destination_wallet_id, amount, currency,
-        expires_at, requested_by, idempotency_key, request_hash, reference, created_at)
+        expires_at, requested_by, idempotency_key, request_hash, reference, created_at,
+        metadata)
     SELECT * FROM unnest(%(h_id)s::uuid[], %(h_wallet)s::uuid[], %(h_destination)s::uuid[],
         %(h_amount)s::bigint[], %(h_currency)s::text[], %(h_expires_at)s::timestamptz[],
         %(h_requested_by)s::text[], %(h_key)s::text[], %(h_hash)s::text[],
-        %(h_reference)s::text[], %(h_created_at)s::timestamptz[])
+        %(h_reference)s::text[], %(h_created_at)s::timestamptz[], %(h_metadata)s::jsonb[])
 ), entries AS (
     INSERT INTO wallet.ledger_entries (wallet_id, sequence, transaction_id, type, amount,
         balance_after, created_at)
@@ -205,12 +271,26 @@ WITH new_transactions AS (
     FROM unnest(%(o_principal)s::text[], %(o_key)s::text[], %(o_transaction)s::uuid[],
         %(o_response)s::bytea[]) AS o (principal, key, transaction_id, response)
     WHERE k.principal = o.principal AND k.key = o.key
+), status_changes AS (
+    INSERT INTO wallet.wallet_status_changes (wallet_id, old_status, new_status, reason,
+        changed_by, changed_at)
+    SELECT * FROM unnest(%(s_wallet)s::uuid[], %(s_old)s::text[], %(s_new)s::text[],
+        %(s_reason)s::text[], %(s_by)s::text[], %(s_at)s::timestamptz[])
+), events AS (
+    INSERT INTO wallet.events (wallet_id, owner_id, requested_by, type, payload, created_at)
+    SELECT * FROM unnest(%(v_wallet)s::uuid[], %(v_owner)s::text[], %(v_by)s::text[],
+        %(v_type)s::text[], %(v_payload)s::bytea[], %(v_at)s::timestamptz[])
 ), changed_wallets AS (
     UPDATE wallet.wallets w SET balance = w.balance + c.balance, held = w.held + c.held,
-        last_sequence = w.last_sequence + c.entries, updated_at = now()
+        last_sequence = w.last_sequence + c.entries, updated_at = c.at,
+        status = coalesce(c.status, w.status),
+        status_reason = coalesce(c.status_reason, w.status_reason),
+        status_changed_at = CASE WHEN c.status IS NULL THEN w.status_changed_at ELSE c.at END,
+        last_xid = pg_current_xact_id()
     FROM unnest(%(w_id)s::uuid[], %(w_balance)s::bigint[], %(w_held)s::bigint[],
-        %(w_entries)s::bigint[], %(w_sequence)s::bigint[])
-        AS c (id, balance, held, entries, last_sequence_before)
+        %(w_entries)s::bigint[], %(w_sequence)s::bigint[], %(w_status)s::text[],
+        %(w_reason)s::text[], %(w_at)s::timestamptz[])
+        AS c (id, balance, held, entries, last_sequence_before, status, status_reason, at)
     WHERE w.id = c.id AND w.last_sequence = c.last_sequence_before
     RETURNING w.id
 )
@@ -239,6 +319,8 @@ async def write(conn: Conn, writes: Writes) -> None:
             "t_created_at": [t.created_at for t in transactions],
             "t_hold": [t.hold_id for t in transactions],
             "t_refund_of": [t.refund_of for t in transactions],
+            "t_metadata": [Jsonb(t.metadata) for t in transactions],
+            "t_batch_index": [t.batch_index for t in transactions],
             "h_id": [h.id for h, _ in writes.new_holds],
             "h_wallet": [h.wallet_id for h, _ in writes.new_holds],
             "h_destination": [h.destination_wallet_id for h, _ in writes.new_holds],
@@ -250,6 +332,7 @@ async def write(conn: Conn, writes: Writes) -> None:
             "h_hash": [request_hash for _, request_hash in writes.new_holds],
             "h_reference": [h.reference for h, _ in writes.new_holds],
             "h_created_at": [h.created_at for h, _ in writes.new_holds],
+            "h_metadata": [Jsonb(h.metadata) for h, _ in writes.new_holds],
             "e_wallet": [p.wallet_id for p in writes.postings],
             "e_sequence": [p.sequence for p in writes.postings],
             "e_transaction": [p.transaction_id for p in writes.postings],
@@ -275,6 +358,21 @@ async def write(conn: Conn, writes: Writes) -> None:
             "w_held": [c.held for c in writes.wallets],
             "w_entries": [c.entries for c in writes.wallets],
             "w_sequence": [c.last_sequence_before for c in writes.wallets],
+            "w_status": [c.status.value if c.status else None for c in writes.wallets],
+            "w_reason": [c.status_reason for c in writes.wallets],
+            "w_at": [c.at for c in writes.wallets],
+            "s_wallet": [c.wallet_id for c in writes.status_changes],
+            "s_old": [c.old_status.value for c in writes.status_changes],
+            "s_new": [c.new_status.value for c in writes.status_changes],
+            "s_reason": [c.reason for c in writes.status_changes],
+            "s_by": [c.changed_by for c in writes.status_changes],
+            "s_at": [c.changed_at for c in writes.status_changes],
+            "v_wallet": [e.wallet_id for e in writes.events],
+            "v_owner": [e.owner_id for e in writes.events],
+            "v_by": [e.requested_by for e in writes.events],
+            "v_type": [e.type for e in writes.events],
+            "v_payload": [e.payload for e in writes.events],
+            "v_at": [e.created_at for e in writes.events],
         },
     )
     assert row is not None

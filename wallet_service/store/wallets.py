@@ -5,37 +5,46 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from wallet_service.models import Wallet
+from psycopg.types.json import Jsonb
+
+from wallet_service.models import Metadata, Wallet, WalletStatus
 from wallet_service.store import Conn, all_rows, one
 
 # `held` counts live holds only: those past their expiry (swept or not) no longer count.
 LIVE_HELD = """(SELECT coalesce(sum(h.amount), 0)::bigint FROM wallet.holds h
     WHERE h.wallet_id = w.id AND h.status = 'held' AND h.expires_at > clock_timestamp())"""
-WALLET_COLUMNS = (
-    f"w.id, w.user_id, w.currency, w.balance, {LIVE_HELD} AS held, w.created_at, w.updated_at"
+OWN_COLUMNS = (
+    "w.id, w.user_id, w.currency, w.balance, w.created_at, w.updated_at, w.status,"
+    " w.status_reason, w.status_changed_at, w.metadata"
 )
+WALLET_COLUMNS = f"{OWN_COLUMNS}, {LIVE_HELD} AS held"
 
 
-def _wallet(row: dict[str, Any]) -> Wallet:
-    return Wallet(**{key: row[key] for key in Wallet.__dataclass_fields__})
+def wallet_from_row(row: dict[str, Any]) -> Wallet:
+    fields = {key: row[key] for key in Wallet.__dataclass_fields__}
+    fields["status"] = WalletStatus(fields["status"])
+    return Wallet(**fields)
 
 
-async def insert_wallet(conn: Conn, user_id: str, currency: str) -> Wallet | None:
+async def insert_wallet(
+    conn: Conn, user_id: str, currency: str, metadata: Metadata
+) -> Wallet | None:
     """The new wallet, or None when the user already has one in this currency."""
     row = await one(
         conn,
-        "INSERT INTO wallet.wallets AS w (user_id, currency) VALUES (%s, %s)"
-        f" ON CONFLICT (user_id, currency) DO NOTHING RETURNING {WALLET_COLUMNS}",
-        (user_id, currency),
+        "INSERT INTO wallet.wallets AS w (user_id, currency, metadata, last_xid)"
+        " VALUES (%s, %s, %s, pg_current_xact_id())"
+        f" ON CONFLICT (user_id, currency) DO NOTHING RETURNING {OWN_COLUMNS}, 0 AS held",
+        (user_id, currency, Jsonb(metadata)),
     )
-    return _wallet(row) if row else None
+    return wallet_from_row(row) if row else None
 
 
 async def get_wallet(conn: Conn, wallet_id: UUID) -> Wallet | None:
     row = await one(
         conn, f"SELECT {WALLET_COLUMNS} FROM wallet.wallets w WHERE w.id = %s", (wallet_id,)
     )
-    return _wallet(row) if row else None
+    return wallet_from_row(row) if row else None
 
 
 async def wallet_owners(conn: Conn, wallet_ids: list[UUID]) -> dict[UUID, str]:
@@ -59,7 +68,7 @@ async def list_wallets(
         " ORDER BY w.created_at, w.id LIMIT %(limit)s",
         {"user_id": user_id, "after_time": after_time, "after_id": after_id, "limit": limit},
     )
-    return [_wallet(row) for row in rows]
+    return [wallet_from_row(row) for row in rows]
 
 
 # --- locking, for the engine ---------------------------------------------------------------
@@ -67,19 +76,18 @@ async def list_wallets(
 
 @dataclass(frozen=True)
 class LockedRow:
-    id: UUID
-    user_id: str
-    currency: str
-    balance: int
-    held: int  # holds marked 'held', including any past their expiry and not yet swept
+    wallet: Wallet  # `held` as stored: live holds, and any past expiry not yet swept
     last_sequence: int
+    newer_change: bool  # a transaction with a larger id wrote to it before this one
 
 
 # Locks the wanted wallets in ascending id order (the sort runs before the row locks are
 # taken), each only if its owner matches when one is given: another user's wallet is
-# neither returned nor locked nor waited for. Also reads the clock the movement runs at.
-LOCK_WALLETS = """
-SELECT w.id, w.user_id, w.currency, w.balance, w.held, w.last_sequence, clock_timestamp() AS at
+# neither returned nor locked nor waited for. Also reads the clock the movement runs at, and
+# whether a transaction with a larger id than this one's already wrote to the wallet.
+LOCK_WALLETS = f"""
+SELECT {OWN_COLUMNS}, w.held, w.last_sequence, clock_timestamp() AS at,
+    coalesce(w.last_xid > pg_current_xact_id(), false) AS newer_change
 FROM wallet.wallets w
 JOIN unnest(%(ids)s::uuid[], %(owners)s::text[]) AS wanted (id, owner)
     ON w.id = wanted.id AND (wanted.owner IS NULL OR w.user_id = wanted.owner)
@@ -115,12 +123,9 @@ async def lock_wallets(
             expired[row["wallet_id"]] = int(row["amount"])
     locked = {
         row["id"]: LockedRow(
-            id=row["id"],
-            user_id=row["user_id"],
-            currency=row["currency"],
-            balance=row["balance"],
-            held=row["held"] - expired.get(row["id"], 0),
+            wallet=wallet_from_row({**row, "held": row["held"] - expired.get(row["id"], 0)}),
             last_sequence=row["last_sequence"],
+            newer_change=row["newer_change"],
         )
         for row in rows
     }
