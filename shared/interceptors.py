@@ -7,10 +7,12 @@ Order in `build_server`: logging (outermost), errors, then the service's own.
 """
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -33,17 +35,46 @@ log = logging.getLogger(__name__)
 # grpc's type stubs predate grpc.aio's handler types: handlers and contexts are `Any` here.
 UnaryBehavior = Callable[[Any, Any], Awaitable[Any]]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Any]]
+# Entered around each call (a server stream's whole life): (request, context) -> context.
+Around = Callable[[Any, Any], contextlib.AbstractAsyncContextManager[None]]
 
 
-def wrap_unary(handler: Any, wrapper: Callable[[UnaryBehavior], UnaryBehavior]) -> Any:
-    """Returns `handler` with its unary-unary behaviour wrapped; others unchanged."""
-    if handler is None or handler.unary_unary is None:
+def wrap_calls(handler: Any, around: Around) -> Any:
+    """Returns `handler` with `around(request, context)` entered around each of its calls,
+    unary and server-streaming alike (the services have no client-streaming RPC)."""
+    if handler is None:
         return handler
-    return grpc.unary_unary_rpc_method_handler(
-        wrapper(handler.unary_unary),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_call(request: Any, context: Any) -> Any:
+            async with around(request, context):
+                return await unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+
+        async def stream_call(request: Any, context: Any) -> AsyncIterator[Any]:
+            async with around(request, context):
+                # An async generator, or a coroutine that writes itself (grpc's health Watch).
+                responses = stream(request, context)
+                if inspect.isasyncgen(responses):
+                    async for response in responses:
+                        yield response
+                else:
+                    await responses
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream_call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
@@ -65,36 +96,34 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         request_id = metadata_value(handler_call_details, "x-request-id") or uuid.uuid4().hex
 
-        def wrapper(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def logged(request: Any, context: Any) -> Any:
-                request_id_var.set(request_id)
-                set_call_deadline(context.time_remaining())
-                started = time.perf_counter()
-                code = grpc.StatusCode.OK
-                try:
-                    await context.send_initial_metadata((("x-request-id", request_id),))
-                    return await behavior(request, context)
-                except asyncio.CancelledError:
-                    code = _why_cancelled(context)
-                    raise
-                except BaseException:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    seconds = time.perf_counter() - started
-                    record_rpc(method, _code_name(code), seconds)
-                    log.info(
-                        "rpc",
-                        extra={
-                            "method": method,
-                            "code": _code_name(code),
-                            "duration_ms": round(seconds * 1000, 2),
-                        },
-                    )
+        @contextlib.asynccontextmanager
+        async def logged(request: Any, context: Any) -> AsyncIterator[None]:
+            request_id_var.set(request_id)
+            set_call_deadline(context.time_remaining())
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await context.send_initial_metadata((("x-request-id", request_id),))
+                yield
+            except (asyncio.CancelledError, GeneratorExit):
+                code = _why_cancelled(context)
+                raise
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                record_rpc(method, _code_name(code), seconds)
+                log.info(
+                    "rpc",
+                    extra={
+                        "method": method,
+                        "code": _code_name(code),
+                        "duration_ms": round(seconds * 1000, 2),
+                    },
+                )
 
-            return logged
-
-        return wrap_unary(await continuation(handler_call_details), wrapper)
+        return wrap_calls(await continuation(handler_call_details), logged)
 
 
 def _why_cancelled(context: Any) -> grpc.StatusCode:
@@ -141,19 +170,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
-        def wrapper(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def mapped(request: Any, context: Any) -> Any:
-                try:
-                    return await behavior(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exception:
-                    error = service_error(exception)
+        @contextlib.asynccontextmanager
+        async def mapped(request: Any, context: Any) -> AsyncIterator[None]:
+            try:
+                yield
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exception:
+                error = service_error(exception)
                 await _answer(context, error.to_status(self._domain))
 
-            return mapped
-
-        return wrap_unary(await continuation(handler_call_details), wrapper)
+        return wrap_calls(await continuation(handler_call_details), mapped)
 
 
 def service_error(exception: Exception) -> ServiceError:

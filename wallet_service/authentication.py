@@ -2,12 +2,14 @@
 token. The token is checked locally (signature with keys from the auth service's
 GetPublicKeys, cached) and the caller's Principal is handed to the handlers."""
 
+import contextlib
 import contextvars
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from shared.interceptors import Continuation, UnaryBehavior, wrap_unary
+from shared.interceptors import Continuation, wrap_calls
 from shared.tokens import Principal, TokenVerifier, bearer_token
 
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
@@ -37,12 +39,10 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = handler_call_details.invocation_metadata
 
-        def wrapper(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def authenticated(request: Any, context: Any) -> Any:
-                principal = await self._verifier.verify(bearer_token(metadata))
-                _principal.set(principal)
-                return await behavior(request, context)
+        @contextlib.asynccontextmanager
+        async def authenticated(request: Any, context: Any) -> AsyncIterator[None]:
+            _principal.set(await self._verifier.verify(bearer_token(metadata)))
+            yield
 
-            return authenticated
-
-        return wrap_unary(handler, wrapper)
+        # Every kind of call: a streaming RPC gets no way around the token check.
+        return wrap_calls(handler, authenticated)

@@ -28,6 +28,10 @@ class WalletSettings(CommonSettings):
     idempotency_cleanup_interval_seconds: float = Field(3600.0, gt=0)
     # How often expired holds are marked EXPIRED (they stop counting at expiry regardless).
     hold_sweep_interval_seconds: float = Field(10.0, gt=0, le=3600)
+    # Events: kept at least this many days (7 or more), cleaned up every hour; an idle
+    # WatchEvents stream gets a heartbeat this often.
+    event_retention_days: float = Field(7.0, ge=7)
+    watch_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
     # `serializable` runs every transaction SERIALIZABLE (the mode for CockroachDB or
     # YugabyteDB); serialization failures are retried inside the service.
     wallet_isolation_level: Literal["read_committed", "serializable"] = "read_committed"

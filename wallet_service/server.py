@@ -17,10 +17,14 @@ from shared.tokens import TokenVerifier, grpc_key_source
 from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
 from wallet_service.engine.runner import Engine, Limits, sweep_expired_holds
-from wallet_service.servicer import WalletServicer
+from wallet_service.event_feed import EventFeed
+from wallet_service.servicer import WalletServicer, WatchSettings
+from wallet_service.store import events as events_store
 from wallet_service.store import idempotency
 
 log = logging.getLogger(__name__)
+
+EVENT_CLEANUP_INTERVAL_SECONDS = 3600.0
 
 # Reconnect to auth within about a second of its return (grpc's default backoff grows to
 # two minutes, so tokens with a new key could fail long after an auth outage ended).
@@ -51,17 +55,26 @@ async def start(settings: WalletSettings) -> RunningServer:
         issuer=settings.token_issuer,
         audience=settings.token_audience,
     )
+    feed = EventFeed(settings.database_url, pool)
+    feed.start()
     engine = Engine(
         pool,
         Limits(
             lock_timeout_seconds=settings.lock_timeout_seconds,
             statement_timeout_seconds=settings.statement_timeout_seconds,
         ),
+        events_committed=feed.events_committed,
     )
-    servicer = WalletServicer(pool, engine)
+    servicer = WalletServicer(
+        pool,
+        engine,
+        feed,
+        WatchSettings(settings.watch_heartbeat_seconds, settings.event_retention_days),
+    )
     background = [
         asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings)),
-        asyncio.create_task(_sweep_expired_holds_periodically(pool, settings)),
+        asyncio.create_task(_sweep_expired_holds_periodically(pool, settings, feed)),
+        asyncio.create_task(_clean_events_periodically(pool, settings)),
     ]
 
     async def stop_background_work() -> None:
@@ -69,6 +82,7 @@ async def start(settings: WalletSettings) -> RunningServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await feed.stop()
         await auth_channel.close(grace=None)
 
     return await start_server(
@@ -99,14 +113,28 @@ async def _clean_idempotency_keys_periodically(
             log.exception("idempotency key clean-up failed; will try again")
 
 
-async def _sweep_expired_holds_periodically(
+async def _clean_events_periodically(
     pool: psycopg_pool.AsyncConnectionPool[Any], settings: WalletSettings
+) -> None:
+    while True:
+        await asyncio.sleep(EVENT_CLEANUP_INTERVAL_SECONDS)
+        try:
+            async with pool.connection() as conn:
+                removed = await events_store.delete_older_than(conn, settings.event_retention_days)
+            log.info("removed old events", extra={"count": removed})
+        except Exception:
+            log.exception("event clean-up failed; will try again")
+
+
+async def _sweep_expired_holds_periodically(
+    pool: psycopg_pool.AsyncConnectionPool[Any], settings: WalletSettings, feed: EventFeed
 ) -> None:
     while True:
         await asyncio.sleep(settings.hold_sweep_interval_seconds)
         try:
             expired = await sweep_expired_holds(pool)
             if expired:
+                feed.events_committed()
                 log.info("marked expired holds", extra={"count": expired})
         except Exception:
             log.exception("expired hold sweep failed; will try again")

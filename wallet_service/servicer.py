@@ -2,6 +2,9 @@
 the engine (engine/) or read through the store (store/), and answer. They speak in domain
 terms: SQL lives in the store, locks and retries in the engine."""
 
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -11,11 +14,13 @@ import psycopg_pool
 from shared.errors import (
     ServiceError,
     already_exists,
+    failed_precondition,
     invalid_argument,
     not_found,
     permission_denied,
 )
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from shared.timestamps import to_timestamp
 from shared.tokens import Principal
 from wallet_service import page_tokens, validation
 from wallet_service.authentication import current_principal
@@ -23,6 +28,7 @@ from wallet_service.currencies import normalise_currency
 from wallet_service.engine import events
 from wallet_service.engine.operations import batches, holds, movements, refunds, status
 from wallet_service.engine.runner import Engine
+from wallet_service.event_feed import EventFeed
 from wallet_service.messages import (
     hold_message,
     ledger_entry_message,
@@ -36,6 +42,7 @@ from wallet_service.permissions import (
     may_credit,
     require_admin_scope,
     require_credit_scope,
+    watches_every_wallet,
 )
 from wallet_service.store import Conn
 from wallet_service.store import events as events_store
@@ -43,11 +50,29 @@ from wallet_service.store import holds as holds_store
 from wallet_service.store import ledger as ledger_store
 from wallet_service.store import wallets as wallets_store
 
+EVENT_PAGE_SIZE = 100
+# How soon a watcher looks again when committed events wait for an older transaction.
+HELD_BACK_RECHECK_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    heartbeat_seconds: float = 15.0
+    retention_days: float = 7.0
+
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], engine: Engine) -> None:
+    def __init__(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        engine: Engine,
+        feed: EventFeed,
+        watching: WatchSettings,
+    ) -> None:
         self._pool = pool
         self._engine = engine
+        self._feed = feed
+        self._watching = watching
 
     # --- wallets ---------------------------------------------------------------------------
 
@@ -65,6 +90,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             raise already_exists(
                 "WALLET_EXISTS", f"you already have a {currency} wallet", currency=currency
             )
+        self._feed.events_committed()
         return wallet_pb2.CreateWalletResponse(wallet=wallet_message(wallet))
 
     async def GetWallet(
@@ -333,6 +359,75 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             reason=validation.reason(request.reason),
         )
         return await self._engine.execute(operation, context)
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def WatchEvents(
+        self, request: wallet_pb2.WatchEventsRequest, context: Any
+    ) -> AsyncIterator[wallet_pb2.WatchEventsResponse]:
+        """Every event after the cursor, then each new one as it commits. Reads a page at a
+        time and writes each event before reading on, so a slow reader only slows its own
+        stream (gRPC's flow control holds the writes): nothing piles up in memory."""
+        principal = current_principal()
+        sees_all = watches_every_wallet(principal)
+        wallet_id = validation.optional_wallet_id(request.wallet_id, "wallet_id")
+        async with self._pool.connection() as conn:
+            if wallet_id is not None and not sees_all:
+                await _usable_wallet(conn, principal, wallet_id)
+            position = await self._start_position(conn, request.after_cursor)
+        owner = None if sees_all else principal.subject
+        heartbeat_due = time.monotonic() + self._watching.heartbeat_seconds
+        while True:
+            generation = self._feed.generation
+            async with self._pool.connection() as conn:
+                page = await events_store.read_page(
+                    conn, position, owner, wallet_id, EVENT_PAGE_SIZE
+                )
+            for stored in page.events:
+                event = wallet_pb2.WalletEvent.FromString(stored.payload)
+                event.cursor = _event_cursor(stored.position, event.create_time.seconds)
+                yield wallet_pb2.WatchEventsResponse(
+                    event=events.redacted(
+                        event, sees_all or stored.requested_by == principal.subject
+                    )
+                )
+                position = stored.position
+                heartbeat_due = time.monotonic() + self._watching.heartbeat_seconds
+            if len(page.events) == EVENT_PAGE_SIZE:
+                continue  # more to read at once
+            if time.monotonic() >= heartbeat_due:
+                yield wallet_pb2.WatchEventsResponse(
+                    heartbeat=wallet_pb2.Heartbeat(time=to_timestamp(_now()))
+                )
+                heartbeat_due = time.monotonic() + self._watching.heartbeat_seconds
+            # Committed events waiting for an older transaction: look again shortly.
+            wait = HELD_BACK_RECHECK_SECONDS if page.held_back else heartbeat_due - time.monotonic()
+            await self._feed.wait(generation, max(wait, 0.0))
+
+    async def _start_position(self, conn: Conn, cursor: str) -> events_store.Position:
+        if not cursor:
+            return await events_store.horizon(conn)
+        try:
+            decoded = page_tokens.decode(cursor, ["events"])
+        except ServiceError:
+            decoded = None
+        if not (
+            decoded
+            and len(decoded) == 4
+            and decoded[0] == "ev"
+            and all(type(part) is int and part >= 0 for part in decoded[1:])
+        ):
+            raise invalid_argument("INVALID_CURSOR", "after_cursor is not a cursor this API issued")
+        _, xid, event_id, created = decoded
+        if created < time.time() - self._watching.retention_days * 86400:
+            raise failed_precondition(
+                "CURSOR_EXPIRED", "events this old are no longer kept; start again from now"
+            )
+        return events_store.Position(xid, event_id)
+
+
+def _event_cursor(position: events_store.Position, created_epoch: int) -> str:
+    return page_tokens.encode(["ev", position.xid, position.id, created_epoch], ["events"])
 
 
 def _batch_leg(principal: Principal, index: int, movement: wallet_pb2.BatchMovement) -> batches.Leg:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -164,10 +164,16 @@ def _wait_over(set_by_deadline: bool) -> ServiceError:
 
 
 class Engine:
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], limits: Limits) -> None:
+    def __init__(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        limits: Limits,
+        events_committed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._pool = pool
         self._limits = limits
         self._turns = WalletTurns()
+        self._events_committed = events_committed  # wakes the event watchers
 
     async def execute(self, operation: Operation, call: Call) -> Message:
         """Runs `operation` once, whatever the retries; returns its answer or raises its
@@ -191,7 +197,10 @@ class Engine:
                         await store.set_local_timeouts(
                             conn, timeouts.lock_ms, timeouts.statement_ms
                         )
-                        return await _run_once(conn, operation)
+                        outcome, wrote_events = await _run_once(conn, operation)
+                if wrote_events:
+                    self._events_committed()
+                return outcome
             except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
                 raise _wait_over(timeouts.lock_set_by_deadline) from None
             except (
@@ -243,17 +252,18 @@ async def _before_retry(attempt: int, call: Call, error: Exception) -> None:
     ) from None
 
 
-async def _run_once(conn: store.Conn, operation: Operation) -> Message | ServiceError:
+async def _run_once(conn: store.Conn, operation: Operation) -> tuple[Message | ServiceError, bool]:
+    """The operation's outcome, and whether it wrote events."""
     principal, key = operation.principal.subject, operation.key
     request_hash = operation.fingerprint()
     if key is not None:
         record = await idempotency.claim(conn, principal, key, request_hash)
         if not record.claimed:
-            return await _replay(conn, operation, record)
+            return await _replay(conn, operation, record), False
         if record.used_before:
             answer = await operation.replay_stored(conn)
             await idempotency.record_success(conn, principal, key, None, answer.SerializeToString())
-            return answer
+            return answer, False
     book = await _lock(conn, operation)
     try:
         answer, transaction_id = operation.apply(book, request_hash)
@@ -263,11 +273,12 @@ async def _run_once(conn: store.Conn, operation: Operation) -> Message | Service
         await idempotency.record_failure(
             conn, principal, key, refusal.reason, refusal.message, refusal.metadata
         )
-        return refusal
+        return refusal, False
     if key is not None:
         book.record(Outcome(principal, key, transaction_id, answer.SerializeToString()))
-    await ledger_store.write(conn, book.final_writes())
-    return answer
+    writes = book.final_writes()
+    await ledger_store.write(conn, writes)
+    return answer, bool(writes.events)
 
 
 async def _replay(

@@ -1,0 +1,291 @@
+"""WatchEvents: every committed change once, in each wallet's order, resumable from a cursor,
+never skipping an event whose transaction commits after a later one's (the outbox gap)."""
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from shared.gen.wallet.v1 import wallet_pb2
+from tests.test_wallet_batches import batch, credit
+from tests.wallet_helpers import Caller, expect_error, new_service, new_user
+from wallet_service import page_tokens
+from wallet_service.config import WalletSettings
+from wallet_service.server import start as start_wallet
+
+POSTED = wallet_pb2.EVENT_TYPE_TRANSACTION_POSTED
+
+
+class Watcher:
+    """A WatchEvents stream read in the background into a list."""
+
+    def __init__(self, caller: Caller, after_cursor: str = "", wallet_id: str = "") -> None:
+        self.call = caller.stub.WatchEvents(
+            wallet_pb2.WatchEventsRequest(after_cursor=after_cursor, wallet_id=wallet_id),
+            metadata=caller.metadata,
+        )
+        self.events: list[wallet_pb2.WalletEvent] = []
+        self.heartbeats = 0
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            async for message in self.call:
+                if message.HasField("event"):
+                    self.events.append(message.event)
+                else:
+                    self.heartbeats += 1
+
+    async def wait_for(self, condition: Any, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition(self):
+            assert time.monotonic() < deadline, f"gave up waiting; have {len(self.events)}"
+            assert not self._reader.done(), "the stream ended"
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    caller: Caller, after_cursor: str = "", wallet_id: str = ""
+) -> AsyncIterator[Watcher]:
+    watcher = Watcher(caller, after_cursor, wallet_id)
+    await asyncio.sleep(0.3)  # the stream has taken its starting position
+    try:
+        yield watcher
+    finally:
+        await watcher.close()
+
+
+def of_wallet(watcher: Watcher, wallet_id: str) -> list[wallet_pb2.WalletEvent]:
+    return [event for event in watcher.events if event.wallet_id == wallet_id]
+
+
+async def test_a_watcher_sees_its_wallets_changes_as_they_commit(
+    user: Caller, other_user: Caller, payments: Caller
+) -> None:
+    async with watching(user) as mine, watching(other_user) as theirs:
+        wallet_id = (await user.create_wallet()).id
+        await payments.credit(wallet_id, 500, "top-up-1")
+        destination = (await other_user.create_wallet()).id
+        await user.call(
+            "Transfer",
+            wallet_pb2.TransferRequest(
+                source_wallet_id=wallet_id,
+                destination_wallet_id=destination,
+                amount=200,
+                idempotency_key="pay-bob",
+                reference="lunch",
+            ),
+        )
+        hold = (await user.create_hold(wallet_id, 100)).hold
+        await user.void(hold.id)
+        await mine.wait_for(lambda w: len(w.events) >= 5)
+        await theirs.wait_for(lambda w: len(w.events) >= 2)
+        await asyncio.sleep(0.3)
+    assert [e.type for e in mine.events] == [
+        wallet_pb2.EVENT_TYPE_WALLET_CREATED,
+        POSTED,
+        POSTED,
+        wallet_pb2.EVENT_TYPE_HOLD_PLACED,
+        wallet_pb2.EVENT_TYPE_HOLD_VOIDED,
+    ]
+    credit_event, transfer_event = mine.events[1], mine.events[2]
+    assert (credit_event.entry.balance_after, credit_event.entry.sequence) == (500, 1)
+    assert (transfer_event.entry.balance_change, transfer_event.entry.sequence) == (-200, 2)
+    # The payer's own request shows in full; the credit's key is the payments service's.
+    assert transfer_event.entry.transaction.reference == "lunch"
+    assert credit_event.entry.transaction.idempotency_key == ""
+    # The recipient sees only its own wallet, and not the payer's key or note.
+    assert {e.wallet_id for e in theirs.events} == {destination}
+    received = next(e for e in theirs.events if e.type == POSTED).entry
+    assert (received.balance_change, received.transaction.reference) == (200, "")
+    assert received.transaction.idempotency_key == ""
+
+
+async def test_resuming_from_a_cursor_gives_every_later_event_once(
+    user: Caller, payments: Caller
+) -> None:
+    wallet_id = (await user.create_wallet()).id
+    async with watching(user, wallet_id=wallet_id) as first:
+        for index in range(10):
+            await payments.credit(wallet_id, 1 + index)
+        await first.wait_for(lambda w: len(w.events) >= 10)
+    middle = first.events[3]
+    async with watching(user, after_cursor=middle.cursor, wallet_id=wallet_id) as resumed:
+        await payments.credit(wallet_id, 100)
+        await resumed.wait_for(lambda w: len(w.events) >= 7)
+        await asyncio.sleep(0.3)
+    assert [e.entry.sequence for e in resumed.events] == list(range(5, 12))
+
+
+async def test_who_may_watch_what(
+    user: Caller,
+    other_user: Caller,
+    payments: Caller,
+    auth_channel: grpc.aio.Channel,
+    wallet_channel: grpc.aio.Channel,
+    database_url: str,
+) -> None:
+    wallet_id = (await user.create_wallet()).id
+    # Watching someone else's wallet looks like watching a wallet that does not exist.
+    await expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        "WALLET_NOT_FOUND",
+        other_user.stub.WatchEvents(
+            wallet_pb2.WatchEventsRequest(wallet_id=wallet_id), metadata=other_user.metadata
+        ).read(),
+    )
+    events_service = await new_service(
+        auth_channel, wallet_channel, database_url, ["wallet:events"]
+    )
+    async with watching(events_service, wallet_id=wallet_id) as all_seeing:
+        await payments.credit(wallet_id, 5, "seen-by-ops")
+        await all_seeing.wait_for(lambda w: len(w.events) >= 1)
+    # wallet:events sees every wallet, in full.
+    assert all_seeing.events[0].entry.transaction.idempotency_key == "seen-by-ops"
+
+
+async def test_a_cursor_must_be_one_the_api_issued_and_not_older_than_the_retention(
+    user: Caller,
+) -> None:
+    for cursor in ("garbage", page_tokens.encode(["ev", 1, 2], ["events"])):
+        await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_CURSOR",
+            user.stub.WatchEvents(
+                wallet_pb2.WatchEventsRequest(after_cursor=cursor), metadata=user.metadata
+            ).read(),
+        )
+    old = page_tokens.encode(["ev", 1, 1, int(time.time()) - 8 * 86400], ["events"])
+    await expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CURSOR_EXPIRED",
+        user.stub.WatchEvents(
+            wallet_pb2.WatchEventsRequest(after_cursor=old), metadata=user.metadata
+        ).read(),
+    )
+
+
+async def test_an_idle_stream_gets_heartbeats(
+    wallet_settings: WalletSettings, user: Caller
+) -> None:
+    server = await start_wallet(wallet_settings.model_copy(update={"watch_heartbeat_seconds": 0.2}))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            caller = Caller(type(user.stub)(channel), user.token, user.subject)
+            async with watching(caller) as idle:
+                await idle.wait_for(lambda w: w.heartbeats >= 3, seconds=10)
+    finally:
+        await server.stop(grace=0)
+
+
+# --- the outbox gap ------------------------------------------------------------------------
+
+
+def insert_event(conn: psycopg.Connection[Any], wallet_id: str, owner: str, note: str) -> int:
+    payload = wallet_pb2.WalletEvent(
+        type=wallet_pb2.EVENT_TYPE_WALLET_STATUS_CHANGED,
+        wallet_id=wallet_id,
+        wallet=wallet_pb2.Wallet(id=wallet_id, status_reason=note),
+    ).SerializeToString()
+    row = conn.execute(
+        "INSERT INTO wallet.events (wallet_id, owner_id, requested_by, type, payload, created_at)"
+        " VALUES (%s, %s, %s, 'TEST', %s, now()) RETURNING id",
+        (wallet_id, owner, owner, payload),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_an_event_that_commits_after_a_later_one_is_not_skipped(
+    user: Caller, database_url: str
+) -> None:
+    wallet_id = (await user.create_wallet()).id
+    async with watching(user, wallet_id=wallet_id) as watcher:
+        with psycopg.connect(database_url) as early, psycopg.connect(database_url) as late:
+            first_id = insert_event(early, wallet_id, user.subject, "allocated first")
+            second_id = insert_event(late, wallet_id, user.subject, "allocated second")
+            assert first_id < second_id
+            late.commit()  # the later id commits first...
+            await asyncio.sleep(0.5)  # ...and a naive "id > last seen" reader takes it now
+            early.commit()
+        await watcher.wait_for(lambda w: len(w.events) >= 2, seconds=15)
+        await asyncio.sleep(0.3)
+    assert [e.wallet.status_reason for e in watcher.events] == [
+        "allocated first",
+        "allocated second",
+    ]
+
+
+# --- a watcher under load ------------------------------------------------------------------
+
+
+def event_id(event: wallet_pb2.WalletEvent) -> int:
+    cursor = page_tokens.decode(event.cursor, ["events"])
+    assert cursor is not None
+    return int(cursor[2])
+
+
+@pytest.mark.slow
+async def test_a_watcher_under_load_gets_every_event_once_in_each_wallets_order_across_a_resume(
+    auth_channel: grpc.aio.Channel,
+    wallet_channel: grpc.aio.Channel,
+    payments: Caller,
+    admin: Caller,
+    database_url: str,
+) -> None:
+    owners = [await new_user(auth_channel, wallet_channel) for _ in range(5)]
+    wallets = [(await owner.create_wallet()).id for owner in owners]
+    first = Watcher(admin)
+    await asyncio.sleep(0.3)
+
+    async def writer(index: int) -> None:
+        owner, wallet_id = owners[index], wallets[index]
+        for round_ in range(12):
+            await payments.credit(wallet_id, 50)
+            await owner.transfer(wallet_id, wallets[(index + 1 + round_ % 4) % 5], 7)
+            if round_ % 4 == 0:
+                await batch(payments, *(credit(w, 1) for w in wallets))
+
+    writers = asyncio.gather(*(writer(i) for i in range(5)))
+    await first.wait_for(lambda w: len(w.events) >= 20)
+    await first.close()  # a disconnect in the middle of the load, then a resume
+    resumed = Watcher(admin, after_cursor=first.events[-1].cursor)
+    await writers
+    with psycopg.connect(database_url) as conn:
+        expected = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM wallet.events WHERE wallet_id = ANY(%s)"
+                " AND type <> 'EVENT_TYPE_WALLET_CREATED'",
+                ([uuid.UUID(w) for w in wallets],),
+            )
+        }
+    assert len(expected) == 5 * (12 * 3 + 3 * 5)
+
+    def ours(watcher: Watcher) -> list[wallet_pb2.WalletEvent]:
+        return [e for e in watcher.events if e.wallet_id in wallets]
+
+    await resumed.wait_for(lambda w: len(ours(first)) + len(ours(w)) >= len(expected), seconds=60)
+    await asyncio.sleep(0.5)
+    await resumed.close()
+    received = ours(first) + ours(resumed)
+    ids = [event_id(e) for e in received]
+    assert len(ids) == len(set(ids)), "an event came twice"
+    assert set(ids) == expected, "an event was missed"
+    for wallet_id in wallets:
+        sequences = [
+            e.entry.sequence for e in received if e.wallet_id == wallet_id and e.type == POSTED
+        ]
+        assert sequences == list(range(1, len(sequences) + 1)), f"out of order for {wallet_id}"
