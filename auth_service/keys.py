@@ -93,6 +93,15 @@ async def rotate(conn: Conn) -> str:
     return key.id
 
 
+async def revoke(conn: Conn, key_id: str) -> bool:
+    """Revokes a key at once: it leaves GetPublicKeys and its tokens are refused. The active
+    key is replaced by a new one first. False if no unrevoked key has this id."""
+    await repo.lock_signing_keys(conn)
+    if await repo.is_active_signing_key(conn, key_id):
+        await rotate(conn)
+    return await repo.revoke_signing_key(conn, key_id)
+
+
 class KeyStore:
     """The signing key and the published keys, read from the database on each use so
     that a rotation by any instance or operator takes effect everywhere at once."""

@@ -4,7 +4,12 @@ import psycopg_pool
 
 
 async def open_pool(
-    database_url: str, *, min_size: int, max_size: int, name: str
+    database_url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    name: str,
+    statement_timeout_seconds: float | None = None,
 ) -> psycopg_pool.AsyncConnectionPool:
     """Opens the pool and waits for its first connections, so a bad URL fails at start-up."""
     pool = psycopg_pool.AsyncConnectionPool(
@@ -14,9 +19,19 @@ async def open_pool(
         name=name,
         open=False,
         timeout=10.0,  # seconds a call waits for a free connection before UNAVAILABLE
+        kwargs=session_options(statement_timeout_seconds),
     )
     await pool.open(wait=True, timeout=15.0)
     return pool
+
+
+def session_options(statement_timeout_seconds: float | None) -> dict[str, str]:
+    """Connection parameters that bound every statement (lock waits included), so that no
+    database call can hang a request; a transaction may still shorten it (SET LOCAL)."""
+    if statement_timeout_seconds is None:
+        return {}
+    milliseconds = max(1, round(statement_timeout_seconds * 1000))
+    return {"options": f"-c statement_timeout={milliseconds}"}
 
 
 async def database_is_reachable(pool: psycopg_pool.AsyncConnectionPool) -> bool:

@@ -7,6 +7,7 @@ Order in `build_server`: logging (outermost), errors, then the service's own.
 """
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -59,7 +60,7 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         method = handler_call_details.method
-        request_id = metadata_value(handler_call_details, "x-request-id") or uuid.uuid4().hex
+        request_id = caller_request_id(handler_call_details) or uuid.uuid4().hex
 
         def wrapper(behavior: UnaryBehavior) -> UnaryBehavior:
             async def logged(request: Any, context: Any) -> Any:
@@ -87,6 +88,17 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             return logged
 
         return wrap_unary(await continuation(handler_call_details), wrapper)
+
+
+# A caller's request id is echoed and logged only if it looks like one (a UUID, a trace id).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def caller_request_id(details: grpc.HandlerCallDetails) -> str | None:
+    """The caller's `x-request-id` if it is 1 to 64 safe characters; None otherwise, so that a
+    made-up kilobyte header is neither echoed nor written to the logs."""
+    value = metadata_value(details, "x-request-id")
+    return value if value is not None and _REQUEST_ID.fullmatch(value) else None
 
 
 def _code_name(code: object) -> str:

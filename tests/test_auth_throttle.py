@@ -27,6 +27,7 @@ from tests.auth_helpers import (
 WINDOW_SECONDS = 2
 PER_ACCOUNT = 3
 PER_ADDRESS = 6
+PER_TRUSTED_ADDRESS = 2
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -176,6 +177,7 @@ def throttle_on(pool: Any, per_account: int) -> LoginThrottle:
         window_seconds=60,
         max_failures_per_account=per_account,
         max_failures_per_address=PER_ADDRESS,
+        max_failures_per_trusted_address=PER_TRUSTED_ADDRESS,
         trusted_address_days=30,
     )
 

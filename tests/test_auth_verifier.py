@@ -299,7 +299,7 @@ async def test_keys_are_fetched_lazily_and_an_unreachable_auth_is_unavailable() 
 async def test_a_key_that_goes_unpublished_is_dropped_when_the_cache_is_renewed() -> None:
     signer = new_signer()
     source = KeySource(signer.published())
-    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    verifier = verifier_on(source, refresh_interval_seconds=0.1, min_refetch_interval_seconds=0.05)
     await verifier.verify(signer.sign(claims()))
     source.published = [new_signer().published()]
     await asyncio.sleep(0.15)
@@ -313,7 +313,7 @@ async def test_a_key_that_goes_unpublished_is_dropped_when_the_cache_is_renewed(
 async def test_an_old_cache_is_renewed_without_making_calls_wait() -> None:
     signer = new_signer()
     source = KeySource(signer.published())
-    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    verifier = verifier_on(source, refresh_interval_seconds=0.1, min_refetch_interval_seconds=0.05)
     await verifier.verify(signer.sign(claims()))
     source.delay_seconds = 1.5  # the auth service has become very slow
     await asyncio.sleep(0.15)
@@ -328,7 +328,7 @@ async def test_an_old_cache_is_renewed_without_making_calls_wait() -> None:
 async def test_an_unreachable_auth_does_not_drop_cached_keys() -> None:
     signer = new_signer()
     source = KeySource(signer.published())
-    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    verifier = verifier_on(source, refresh_interval_seconds=0.1, min_refetch_interval_seconds=0.05)
     await verifier.verify(signer.sign(claims()))
     source.failing = True
     await asyncio.sleep(0.15)
