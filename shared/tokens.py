@@ -140,7 +140,8 @@ class TokenVerifier:
 
     async def _refresh_periodically(self) -> None:
         while True:
-            await self._refetch(self._fetches, wait=False)
+            async with self._lock:  # periodic already: no need to wait out the refetch interval
+                await self._fetch_once()
             await asyncio.sleep(self._refresh_interval)
 
     def _decode(self, token: str, key: TrustedKey) -> dict[str, Any]:
@@ -196,12 +197,16 @@ class TokenVerifier:
                 return
             if delay > 0:
                 await asyncio.sleep(delay)
-            self._attempted_at = time.monotonic()
-            try:
-                await self._fetch()
-            finally:
-                # Counted once done, so that callers who arrived meanwhile use this fetch.
-                self._fetches += 1
+            await self._fetch_once()
+
+    async def _fetch_once(self) -> None:
+        """One fetch, with the lock held."""
+        self._attempted_at = time.monotonic()
+        try:
+            await self._fetch()
+        finally:
+            # Counted once done, so that callers who arrived meanwhile use this fetch.
+            self._fetches += 1
 
     async def _fetch(self) -> None:
         """Fetches keys, then revocations; what cannot be fetched stays as it was."""
