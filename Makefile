@@ -11,7 +11,7 @@ BUF_VERSION := 1.75.0
 BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run migrate test lint bench up down clean \
+.PHONY: help install proto run migrate test fuzz lint bench up down clean \
 	service-account rotate-keys check-invariants
 
 help: ## List the targets
@@ -40,6 +40,9 @@ run: $(GENERATED) ## Run both services (a private PostgreSQL unless DATABASE_URL
 
 test: $(GENERATED) ## Run the test suite against a throwaway database
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+fuzz: $(GENERATED) ## Fuzz every RPC of both services at length (FUZZ_EXAMPLES per RPC, default 2000)
+	FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),2000) $(PY) -m pytest tests/test_fuzz.py -o timeout=0 $(PYTEST_ARGS)
 
 lint: $(GENERATED) ## buf lint, ruff and mypy
 	$(BUF) lint protos

@@ -31,10 +31,12 @@ class ServerTransportSettings(BaseModel):
     grpc_max_receive_message_bytes: int = Field(1 * MIB, ge=1 * KIB, le=64 * MIB)
     # Largest request metadata (headers), in bytes.
     grpc_max_metadata_bytes: int = Field(8 * KIB, ge=1 * KIB, le=64 * KIB)
-    # Calls in flight on one client connection; more wait for a free slot.
-    grpc_max_concurrent_streams: int = Field(100, ge=1, le=10_000)
+    # Calls in flight on one client connection (HTTP/2 streams); more wait for a free slot,
+    # though in a burst gRPC may refuse a few with UNAVAILABLE: keep it well above what one
+    # client sends at once.
+    grpc_max_concurrent_streams: int = Field(1000, ge=1, le=100_000)
     # Calls in flight in one server process; more are refused with RESOURCE_EXHAUSTED.
-    grpc_max_concurrent_rpcs: int = Field(1000, ge=1, le=100_000)
+    grpc_max_concurrent_rpcs: int = Field(2000, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _tls_files_fit_together(self) -> Self:

@@ -25,6 +25,8 @@ class ServicePair:
     wallet: RunningServer
     auth_channel: grpc.aio.Channel
     wallet_channel: grpc.aio.Channel
+    auth_settings: AuthSettings
+    wallet_settings: WalletSettings
 
 
 def auth_settings(database_url: str, **settings: Any) -> AuthSettings:
@@ -58,17 +60,25 @@ async def service_pair(
     with throwaway_database(database_server_url) as url:
         for service in SERVICES:
             migrate(url, service)
-        auth_server = await start_auth(auth_settings(url, **(auth or {})))
+        auth_config = auth_settings(url, **(auth or {}))
+        auth_server = await start_auth(auth_config)
         try:
-            wallet_server = await start_wallet(
-                wallet_settings(url, auth_server.port, **(wallet or {}))
-            )
+            wallet_config = wallet_settings(url, auth_server.port, **(wallet or {}))
+            wallet_server = await start_wallet(wallet_config)
             try:
                 async with (
                     grpc.aio.insecure_channel(f"127.0.0.1:{auth_server.port}") as auth_channel,
                     grpc.aio.insecure_channel(f"127.0.0.1:{wallet_server.port}") as wallet_channel,
                 ):
-                    yield ServicePair(url, auth_server, wallet_server, auth_channel, wallet_channel)
+                    yield ServicePair(
+                        url,
+                        auth_server,
+                        wallet_server,
+                        auth_channel,
+                        wallet_channel,
+                        auth_config,
+                        wallet_config,
+                    )
             finally:
                 await wallet_server.stop(grace=0)
         finally:
