@@ -114,8 +114,6 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         header = _unverified_header(token)
-        if header["kid"] in self._revocations.key_ids:
-            raise _revoked("the key that signed this access token was revoked")
         key = await self._trusted_key(header["kid"])
         if header.get("alg") != key.algorithm:
             raise _invalid("token algorithm does not match its key")
@@ -170,8 +168,10 @@ class TokenVerifier:
         fetches_seen = self._fetches
         if time.monotonic() - self._fetched_at > self._refresh_interval:
             self._refresh_in_background(fetches_seen)
-        if key_id not in self._keys:  # perhaps a key newer than the cache
-            await self._refetch(fetches_seen, wait=True)
+        if key_id not in self._keys and key_id not in self._revocations.key_ids:
+            await self._refetch(fetches_seen, wait=True)  # perhaps a key newer than the cache
+        if key_id in self._revocations.key_ids:
+            raise _revoked("the key that signed this access token was revoked")
         if key_id in self._keys:
             # A retired key needs no check of its own: no token it signed may outlive it.
             return self._keys[key_id]
@@ -209,21 +209,23 @@ class TokenVerifier:
             self._fetches += 1
 
     async def _fetch(self) -> None:
-        """Fetches keys, then revocations; what cannot be fetched stays as it was."""
+        """Fetches keys, then revocations, and puts both in force together (a revoked key
+        leaves the key set as it joins the revocations); what cannot be fetched stays."""
         try:
             published = await self._key_source()
         except Exception as error:
             self._last_fetch_failed = True
             log.warning("could not fetch token verification keys", extra={"error": repr(error)})
             return
-        self._keys = trusted_keys(published)
-        self._fetched_at = time.monotonic()
-        self._last_fetch_failed = False
+        revocations = self._revocations
         if self._revocation_source is not None:
             try:
-                self._revocations = await self._revocation_source()
+                revocations = await self._revocation_source()
             except Exception as error:
                 log.warning("could not fetch token revocations", extra={"error": repr(error)})
+        self._keys, self._revocations = trusted_keys(published), revocations
+        self._fetched_at = time.monotonic()
+        self._last_fetch_failed = False
 
 
 def trusted_keys(published: Iterable[auth_pb2.PublicKey]) -> dict[str, TrustedKey]:
