@@ -333,9 +333,9 @@ async def delete_expired_trusted_addresses(conn: Conn, trust_seconds: int) -> in
 
 # --- revocations ---------------------------------------------------------------------------
 
-# What still has unexpired access tokens but must no longer be trusted: everything revoked
-# within the last `%s` seconds (the token lifetime and a margin); older entries can have no
-# live token left.
+# What may still have unexpired access tokens but must no longer be trusted: what was revoked
+# within the given number of seconds (the caller passes the token lifetime and a margin);
+# anything older can have no live token left.
 REVOKED_SESSIONS = """
     SELECT id::text FROM auth.sessions WHERE revoked_at > now() - make_interval(secs => %s)
 """

@@ -110,7 +110,9 @@ async def start(settings: AuthSettings) -> RunningServer:
         address=settings.address,
         pool=pool,
         interceptors=[
-            AuthenticationInterceptor(verifier, SERVICE_NAME, TOKEN_METHODS.__contains__)
+            AuthenticationInterceptor(
+                verifier, SERVICE_NAME, lambda method: method in TOKEN_METHODS
+            )
         ],
         health_check_interval=settings.health_check_interval_seconds,
         on_stop=[stop_background_work],

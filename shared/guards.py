@@ -30,12 +30,11 @@ def guard_handler(
     domain: str,
     request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> Any:
-    """`handler` with `guard(request, context)` run before its behaviour, for unary-unary and
-    unary-stream handlers (client-streaming ones are returned unchanged).
-    `request_deserializer`, if given, replaces the handler's own."""
-    if handler is None or handler.request_streaming:
-        return handler
-    deserializer = request_deserializer or handler.request_deserializer
+    """`handler` with `guard(request, context)` run before its behaviour, for every kind of
+    RPC (a client-streaming one's guard gets the request iterator). `request_deserializer`,
+    if given, replaces the handler's own."""
+    if handler is None:
+        return None
 
     async def check(request: Any, context: Any) -> None:
         try:
@@ -43,35 +42,39 @@ def guard_handler(
         except ServiceError as error:
             await context.abort_with_status(error.to_status(domain))
 
-    if handler.unary_unary is not None:
-        behavior = handler.unary_unary
+    behavior, make_handler, wrap = {
+        (False, False): (handler.unary_unary, grpc.unary_unary_rpc_method_handler, _unary),
+        (False, True): (handler.unary_stream, grpc.unary_stream_rpc_method_handler, _streaming),
+        (True, False): (handler.stream_unary, grpc.stream_unary_rpc_method_handler, _unary),
+        (True, True): (handler.stream_stream, grpc.stream_stream_rpc_method_handler, _streaming),
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make_handler(
+        wrap(behavior, check),
+        request_deserializer=request_deserializer or handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
-        async def guarded_unary(request: Any, context: Any) -> Any:
-            await check(request, context)
-            return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded_unary,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    stream_behavior = handler.unary_stream
+def _unary(behavior: Any, check: Guard) -> Any:
+    async def guarded(request: Any, context: Any) -> Any:
+        await check(request, context)
+        return await behavior(request, context)
 
-    async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+    return guarded
+
+
+def _streaming(behavior: Any, check: Guard) -> Any:
+    async def guarded(request: Any, context: Any) -> AsyncIterator[Any]:
         await check(request, context)
         # A streaming behaviour is an async generator, or a coroutine that writes itself.
-        responses = stream_behavior(request, context)
+        responses = behavior(request, context)
         if inspect.isasyncgen(responses):
             async for response in responses:
                 yield response
         else:
             await responses
 
-    return grpc.unary_stream_rpc_method_handler(
-        guarded_stream,
-        request_deserializer=deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return guarded
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+        # A client stream decodes message by message inside gRPC: left as it is.
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
         method = handler_call_details.method
         decode = handler.request_deserializer
