@@ -12,7 +12,7 @@ BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
 .PHONY: help install proto run migrate test fuzz lint bench up down clean \
-	service-account rotate-keys check-invariants
+	service-account rotate-keys revoke-key check-invariants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ service-account: $(GENERATED) ## Create a service account: make service-account 
 
 rotate-keys: $(GENERATED) ## Start signing access tokens with a new key
 	$(OPERATOR) auth_service.admin rotate-keys
+
+revoke-key: $(GENERATED) ## Unpublish a leaked signing key at once: make revoke-key KEY_ID=...
+	$(OPERATOR) auth_service.admin revoke-key --key-id "$(KEY_ID)"
 
 migrate: $(GENERATED) ## Apply pending migrations (make run and the services do it too)
 	$(OPERATOR) shared.migrations
