@@ -11,8 +11,8 @@ BUF_VERSION := 1.75.0
 BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run migrate test lint bench up down clean \
-	service-account rotate-keys check-invariants
+.PHONY: help install proto run migrate test fuzz lint bench up down clean \
+	service-account rotate-keys revoke-key check-invariants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: $(GENERATED) ## Run the tests, then the wallet's again in SERIALIZABLE mod
 	$(PY) -m pytest $(PYTEST_ARGS)
 	WALLET_ISOLATION_LEVEL=serializable $(PY) -m pytest $(SERIALIZABLE_TESTS) $(PYTEST_ARGS)
 
+fuzz: $(GENERATED) ## Fuzz every RPC of both services at length (FUZZ_EXAMPLES per RPC, default 2000)
+	FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),2000) $(PY) -m pytest tests/test_fuzz.py -o timeout=0 $(PYTEST_ARGS)
+
 lint: $(GENERATED) ## buf lint, ruff and mypy
 	$(BUF) lint protos
 	$(PY) -m ruff check .
@@ -64,6 +67,9 @@ service-account: $(GENERATED) ## Create a service account: make service-account 
 
 rotate-keys: $(GENERATED) ## Start signing access tokens with a new key
 	$(OPERATOR) auth_service.admin rotate-keys
+
+revoke-key: $(GENERATED) ## Unpublish a leaked signing key at once: make revoke-key KEY_ID=...
+	$(OPERATOR) auth_service.admin revoke-key --key-id "$(KEY_ID)"
 
 migrate: $(GENERATED) ## Apply pending migrations (make run and the services do it too)
 	$(OPERATOR) shared.migrations

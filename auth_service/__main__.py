@@ -23,7 +23,7 @@ def main() -> None:
     configure_logging("auth", settings.log_level)
     if settings.auto_migrate:
         migrate(settings.database_url, "auth")
-    serve_metrics(settings.auth_metrics_port)
+    serve_metrics(settings.auth_metrics_port, settings.auth_metrics_host)
     asyncio.run(_serve(settings))
 
 

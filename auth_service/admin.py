@@ -3,6 +3,7 @@
     python -m auth_service.admin create-service-account --name payments --scopes wallet:credit
     python -m auth_service.admin disable-service-account --client-id svc_...
     python -m auth_service.admin rotate-keys
+    python -m auth_service.admin revoke-key --key-id KID
 
 They use DATABASE_URL like the service. The functions behind them take a database URL
 or an open pool, so tests and other tools can call them directly.
@@ -70,7 +71,8 @@ async def create_service_account(
 
 
 async def disable_service_account(database: Database, client_id: str) -> bool:
-    """Stops the account from getting new tokens; False if no enabled account has this id."""
+    """Stops the account from getting new tokens, and lists it as revoked so that its
+    current tokens are refused too; False if no enabled account has this id."""
     async with _transaction(database) as conn:
         return await repo.disable_service_account(conn, client_id)
 
@@ -79,6 +81,13 @@ async def rotate_keys(database: Database) -> str:
     """Makes a new signing key active; returns its key id."""
     async with _transaction(database) as conn:
         return await keys.rotate(conn)
+
+
+async def revoke_key(database: Database, key_id: str) -> bool:
+    """Unpublishes a (leaked) key at once and lists it as revoked, so every token it signed
+    is refused; the active key is replaced first. False if no unrevoked key has this id."""
+    async with _transaction(database) as conn:
+        return await keys.revoke(conn, key_id)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     disable = commands.add_parser("disable-service-account", help="refuse its new tokens")
     disable.add_argument("--client-id", required=True)
     commands.add_parser("rotate-keys", help="sign new tokens with a new key")
+    revoke = commands.add_parser("revoke-key", help="unpublish a key now; refuse its tokens")
+    revoke.add_argument("--key-id", required=True, help="the key's kid, from GetPublicKeys")
     return parser
 
 
@@ -107,7 +118,12 @@ async def _run(args: argparse.Namespace, database_url: str) -> int:
         if not await disable_service_account(database_url, args.client_id):
             print(f"no enabled service account {args.client_id}", file=sys.stderr)
             return 1
-        print(f"disabled {args.client_id}; its tokens expire within the access token lifetime")
+        print(f"disabled {args.client_id}; verifiers refuse its tokens within seconds")
+    elif args.command == "revoke-key":
+        if not await revoke_key(database_url, args.key_id):
+            print(f"no unrevoked key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}; verifiers refuse its tokens within seconds")
     else:
         key_id = await rotate_keys(database_url)
         print(f"new signing key {key_id}; the previous one stays published until its tokens expire")

@@ -27,6 +27,7 @@ from auth_service.models import PublishedKey
 from auth_service.repository import Conn
 from shared.errors import unavailable
 from shared.gen.auth.v1 import auth_pb2
+from shared.listener import notify
 from shared.timestamps import to_timestamp
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ RETIREMENT_MARGIN_SECONDS = 60
 # How stale the published key set may be: a rotation or revocation by another instance or
 # an operator shows within this; within it, GetPublicKeys costs no database read.
 PUBLISHED_KEYS_MAX_AGE_SECONDS = 1.0
+# Rotations and revocations are announced here, so that every instance drops its cache at once.
+KEYS_CHANNEL = "auth_keys"
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,18 @@ async def rotate(conn: Conn) -> str:
     await repo.retire_active_signing_key(conn)
     key = generate_key()
     await _insert(conn, key)
+    await notify(conn, KEYS_CHANNEL)
     return key.id
+
+
+async def revoke(conn: Conn, key_id: str) -> bool:
+    """Revokes a key at once: it leaves GetPublicKeys and its tokens are refused. The active
+    key is replaced by a new one first. False if no unrevoked key has this id."""
+    await repo.lock_signing_keys(conn)
+    if await repo.is_active_signing_key(conn, key_id):
+        await rotate(conn)
+    await notify(conn, KEYS_CHANNEL)
+    return await repo.revoke_signing_key(conn, key_id)
 
 
 class KeyStore:
@@ -106,8 +120,9 @@ class KeyStore:
     instance or operator takes effect everywhere at once, and the published keys, cached.
 
     The published set is read at most once per `PUBLISHED_KEYS_MAX_AGE_SECONDS` (every
-    verifier asks for it), at once when this instance signs with a key it does not list yet,
-    and is kept through a database outage: verifiers can go on checking tokens."""
+    verifier asks for it), and at once after a rotation or revocation anywhere (announced on
+    KEYS_CHANNEL) or when this instance signs with a key it does not list yet. It is kept
+    through a database outage: verifiers can go on checking tokens."""
 
     def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], access_token_ttl: int) -> None:
         self._pool = pool
@@ -126,6 +141,10 @@ class KeyStore:
         private_key = serialization.load_pem_private_key(key.private_key_pem.encode(), None)
         assert isinstance(private_key, Ed25519PrivateKey)
         return key.id, private_key
+
+    def forget_published(self) -> None:
+        """A rotation or revocation happened (KEYS_CHANNEL): read the keys again next time."""
+        self._published_at = -math.inf
 
     async def public_keys(self) -> list[auth_pb2.PublicKey]:
         if time.monotonic() - self._published_at > PUBLISHED_KEYS_MAX_AGE_SECONDS:

@@ -116,6 +116,12 @@ REVOKE_SESSION_OF_TOKEN = """
     WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE token_hash = %s)
       AND revoked_at IS NULL
 """
+REVOKE_SESSIONS_OF_TOKEN_USER = """
+    UPDATE auth.sessions SET revoked_at = now(), revoked_reason = %s
+    WHERE user_id = (SELECT s.user_id FROM auth.refresh_tokens t
+                     JOIN auth.sessions s ON s.id = t.session_id WHERE t.token_hash = %s)
+      AND revoked_at IS NULL
+"""
 REVOKE_USER_SESSIONS = """
     UPDATE auth.sessions SET revoked_at = now(), revoked_reason = %s
     WHERE user_id = %s AND revoked_at IS NULL
@@ -151,6 +157,10 @@ async def revoke_session_of_token(conn: Conn, token_hash: bytes, reason: str) ->
     await _execute(conn, REVOKE_SESSION_OF_TOKEN, (reason, token_hash))
 
 
+async def revoke_sessions_of_token_user(conn: Conn, token_hash: bytes, reason: str) -> int:
+    return await _execute(conn, REVOKE_SESSIONS_OF_TOKEN_USER, (reason, token_hash))
+
+
 async def revoke_user_sessions(conn: Conn, user_id: UUID, reason: str) -> int:
     return await _execute(conn, REVOKE_USER_SESSIONS, (reason, user_id))
 
@@ -173,9 +183,17 @@ RETIRE_ACTIVE_SIGNING_KEY = """
 """
 PUBLISHED_KEYS = """
     SELECT id, algorithm, public_key_pem, created_at, retired_at FROM auth.signing_keys
-    WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => %s)
+    WHERE (retired_at IS NULL OR retired_at > now() - make_interval(secs => %s))
+      AND revoked_at IS NULL
     ORDER BY created_at DESC
 """
+# Revoking a key retires it too (the active key is rotated first).
+REVOKE_SIGNING_KEY = """
+    UPDATE auth.signing_keys
+    SET revoked_at = now(), retired_at = coalesce(retired_at, now()), private_key_pem = NULL
+    WHERE id = %s AND revoked_at IS NULL
+"""
+IS_ACTIVE_SIGNING_KEY = "SELECT 1 FROM auth.signing_keys WHERE id = %s AND retired_at IS NULL"
 
 
 async def lock_signing_keys(conn: Conn) -> None:
@@ -199,6 +217,16 @@ async def retire_active_signing_key(conn: Conn) -> None:
 async def published_keys(conn: Conn, retired_for_seconds: float) -> list[PublishedKey]:
     """The active key and the keys retired less than `retired_for_seconds` ago."""
     return await _fetch_all(conn, PublishedKey, PUBLISHED_KEYS, (retired_for_seconds,))
+
+
+async def is_active_signing_key(conn: Conn, key_id: str) -> bool:
+    cursor = await conn.execute(IS_ACTIVE_SIGNING_KEY, (key_id,))
+    return await cursor.fetchone() is not None
+
+
+async def revoke_signing_key(conn: Conn, key_id: str) -> bool:
+    """Revokes a retired key; False if there is no such key or it is revoked already."""
+    return await _execute(conn, REVOKE_SIGNING_KEY, (key_id,)) == 1
 
 
 # --- service accounts ----------------------------------------------------------------------
@@ -301,3 +329,37 @@ async def is_trusted_address(conn: Conn, account: str, address: str, trust_secon
 
 async def delete_expired_trusted_addresses(conn: Conn, trust_seconds: int) -> int:
     return await _execute(conn, DELETE_EXPIRED_TRUSTED_ADDRESSES, (trust_seconds,))
+
+
+# --- revocations ---------------------------------------------------------------------------
+
+# What may still have unexpired access tokens but must no longer be trusted: what was revoked
+# within the given number of seconds (the caller passes the token lifetime and a margin);
+# anything older can have no live token left.
+REVOKED_SESSIONS = """
+    SELECT id::text FROM auth.sessions WHERE revoked_at > now() - make_interval(secs => %s)
+"""
+DISABLED_SERVICE_ACCOUNTS = """
+    SELECT client_id FROM auth.service_accounts
+    WHERE disabled_at > now() - make_interval(secs => %s)
+"""
+REVOKED_SIGNING_KEYS = """
+    SELECT id FROM auth.signing_keys WHERE revoked_at > now() - make_interval(secs => %s)
+"""
+
+
+async def _column(conn: Conn, query: str, params: Any) -> list[str]:
+    cursor = await conn.execute(query, params)
+    return [value for (value,) in await cursor.fetchall()]
+
+
+async def revoked_sessions(conn: Conn, within_seconds: float) -> list[str]:
+    return await _column(conn, REVOKED_SESSIONS, (within_seconds,))
+
+
+async def disabled_service_accounts(conn: Conn, within_seconds: float) -> list[str]:
+    return await _column(conn, DISABLED_SERVICE_ACCOUNTS, (within_seconds,))
+
+
+async def revoked_signing_keys(conn: Conn, within_seconds: float) -> list[str]:
+    return await _column(conn, REVOKED_SIGNING_KEYS, (within_seconds,))

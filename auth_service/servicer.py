@@ -1,4 +1,9 @@
-"""The AuthService RPC handlers: they speak in domain terms and leave SQL to the repository."""
+"""The AuthService RPC handlers: they speak in domain terms and leave SQL to the repository.
+
+Every string is checked for length and shape before any expensive work (a database lookup,
+a password hash); GetMe and ChangePassword get their caller from the authentication
+interceptor (`shared.authentication`), which checks the access token first.
+"""
 
 import hmac
 import uuid
@@ -10,17 +15,23 @@ from auth_service import repository as repo
 from auth_service.keys import KeyStore
 from auth_service.messages import user_message
 from auth_service.models import User
-from auth_service.passwords import PasswordHasher, check_policy
+from auth_service.passwords import PasswordHasher, check_policy, check_presented
+from auth_service.revocations import RevocationList
 from auth_service.sessions import IssuedRefreshToken, Sessions, end_all_sessions
-from auth_service.throttle import LoginThrottle, account_key, client_address
-from auth_service.tokens import AccessTokenIssuer, secret_hash
-from auth_service.validation import normalise_email, valid_display_name, valid_email
+from auth_service.throttle import LoginThrottle, RegistrationThrottle, account_key, client_address
+from auth_service.tokens import AccessTokenIssuer, looks_like_secret, secret_hash
+from auth_service.validation import looks_like_client_id, valid_display_name, valid_email
+from shared.authentication import current_principal
 from shared.errors import already_exists, permission_denied, unauthenticated
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from shared.timestamps import to_timestamp
-from shared.tokens import TokenVerifier, bearer_token
 
 TOKEN_TYPE = "Bearer"
+# The RPCs that need an access token (checked by the authentication interceptor).
+TOKEN_METHODS = frozenset(
+    f"/{auth_pb2.DESCRIPTOR.services_by_name['AuthService'].full_name}/{name}"
+    for name in ("GetMe", "ChangePassword")
+)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -33,7 +44,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         access_tokens: AccessTokenIssuer,
         sessions: Sessions,
         throttle: LoginThrottle,
-        verifier: TokenVerifier,
+        registrations: RegistrationThrottle,
+        revocations: RevocationList,
         token_issuer: str,
     ) -> None:
         self._pool = pool
@@ -42,7 +54,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._access_tokens = access_tokens
         self._sessions = sessions
         self._throttle = throttle
-        self._verifier = verifier
+        self._registrations = registrations
+        self._revocations = revocations
         self._token_issuer = token_issuer
 
     async def Register(
@@ -51,6 +64,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         email = valid_email(request.email)
         check_policy(request.password)
         display_name = valid_display_name(request.display_name)
+        # Each attempt costs a hash, and EMAIL_TAKEN tells that an email is registered.
+        await self._registrations.attempt(client_address(context.peer()))
         password_hash = await self._passwords.hash(request.password)
         async with self._pool.connection() as conn:
             user = await repo.insert_user(conn, email, display_name, password_hash)
@@ -59,7 +74,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.RegisterResponse(user=user_message(user))
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
-        email = normalise_email(request.email)
+        email = valid_email(request.email)  # no other kind can be registered
+        check_presented(request.password)
         user = await self._check_password(email, request.password, context, login=True)
         password_hash = user.password_hash
         if self._passwords.needs_rehash(password_hash):  # BCRYPT_COST changed since
@@ -77,7 +93,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Logout(
         self, request: auth_pb2.LogoutRequest, context: Any
     ) -> auth_pb2.LogoutResponse:
-        await self._sessions.end(request.refresh_token)
+        await self._sessions.end(request.refresh_token, all_sessions=request.all_sessions)
         return auth_pb2.LogoutResponse()
 
     async def GetMe(self, request: auth_pb2.GetMeRequest, context: Any) -> auth_pb2.GetMeResponse:
@@ -87,6 +103,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ChangePasswordRequest, context: Any
     ) -> auth_pb2.ChangePasswordResponse:
         caller = await self._calling_user(context)
+        check_presented(request.current_password)
         check_policy(request.new_password)
         user = await self._check_password(
             caller.email, request.current_password, context, login=False
@@ -100,8 +117,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def IssueServiceToken(
         self, request: auth_pb2.IssueServiceTokenRequest, context: Any
     ) -> auth_pb2.IssueServiceTokenResponse:
-        async with self._pool.connection() as conn:
-            account = await repo.enabled_service_account(conn, request.client_id)
+        account = None
+        if looks_like_client_id(request.client_id) and looks_like_secret(request.client_secret):
+            async with self._pool.connection() as conn:
+                account = await repo.enabled_service_account(conn, request.client_id)
         presented = secret_hash(request.client_secret)
         if account is None or not hmac.compare_digest(presented, account.secret_hash):
             raise unauthenticated("INVALID_CLIENT", "unknown client or wrong secret")
@@ -119,6 +138,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.GetPublicKeysResponse(
             keys=await self._keys.public_keys(), issuer=self._token_issuer
         )
+
+    async def GetRevocations(
+        self, request: auth_pb2.GetRevocationsRequest, context: Any
+    ) -> auth_pb2.GetRevocationsResponse:
+        return await self._revocations.message()
 
     async def _check_password(
         self, email: str, password: str, context: Any, *, login: bool
@@ -146,7 +170,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def _calling_user(self, context: Any) -> User:
         """The user whose access token came with the call."""
-        principal = await self._verifier.verify(bearer_token(context.invocation_metadata()))
+        principal = current_principal()
         user = None
         try:
             user_id = uuid.UUID(principal.subject)
@@ -162,7 +186,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def _token_pair(
         self, user_id: uuid.UUID, refresh_token: IssuedRefreshToken
     ) -> auth_pb2.TokenPair:
-        access_token = await self._access_tokens.issue(str(user_id))
+        access_token = await self._access_tokens.issue(
+            str(user_id), session_id=refresh_token.session_id
+        )
         return auth_pb2.TokenPair(
             access_token=access_token.token,
             access_token_expire_time=to_timestamp(access_token.expires_at),

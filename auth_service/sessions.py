@@ -16,7 +16,7 @@ import psycopg_pool
 from auth_service import repository as repo
 from auth_service.models import PresentedRefreshToken
 from auth_service.repository import Conn
-from auth_service.tokens import new_secret, secret_hash
+from auth_service.tokens import looks_like_secret, new_secret, secret_hash
 from shared.errors import ServiceError, unauthenticated
 
 
@@ -24,6 +24,7 @@ from shared.errors import ServiceError, unauthenticated
 class IssuedRefreshToken:
     token: str
     expires_at: datetime
+    session_id: UUID  # the `sid` of the access tokens issued with it
 
 
 class Sessions:
@@ -41,10 +42,12 @@ class Sessions:
             if session is None:
                 raise unauthenticated("INVALID_CREDENTIALS", "wrong email or password")
             token = await _issue_refresh_token(conn, session.id)
-        return IssuedRefreshToken(token, session.expires_at)
+        return IssuedRefreshToken(token, session.expires_at, session.id)
 
     async def rotate(self, refresh_token: str) -> tuple[UUID, IssuedRefreshToken]:
         """Spends `refresh_token`; returns its user and the successor token."""
+        if not looks_like_secret(refresh_token):
+            raise unauthenticated("REFRESH_TOKEN_INVALID", "unknown refresh token")
         token_hash = secret_hash(refresh_token)
         async with self._pool.connection() as conn:
             presented = await repo.lock_refresh_token(conn, token_hash)
@@ -55,17 +58,24 @@ class Sessions:
                 await repo.spend_refresh_token(conn, token_hash)
                 successor = await _issue_refresh_token(conn, presented.session_id)
                 return presented.user_id, IssuedRefreshToken(
-                    successor, presented.session_expires_at
+                    successor, presented.session_expires_at, presented.session_id
                 )
             if refusal.reason == "REFRESH_TOKEN_REUSED":
                 await repo.revoke_session(conn, presented.session_id, "reuse")
         # Raised once the transaction has committed, so that the revocation sticks.
         raise refusal
 
-    async def end(self, refresh_token: str) -> None:
-        """Revokes the session of any of its refresh tokens; an unknown token does nothing."""
+    async def end(self, refresh_token: str, *, all_sessions: bool = False) -> None:
+        """Revokes the session of any of its refresh tokens, or with `all_sessions` every
+        session of its user; an unknown token does nothing."""
+        if not looks_like_secret(refresh_token):
+            return
+        token_hash = secret_hash(refresh_token)
         async with self._pool.connection() as conn:
-            await repo.revoke_session_of_token(conn, secret_hash(refresh_token), "logout")
+            if all_sessions:
+                await repo.revoke_sessions_of_token_user(conn, token_hash, "logout_all")
+            else:
+                await repo.revoke_session_of_token(conn, token_hash, "logout")
 
 
 async def end_all_sessions(conn: Conn, user_id: UUID) -> None:

@@ -15,6 +15,14 @@ _EMAIL = re.compile(
 )
 
 
+# What `create-service-account` makes: `svc_` and 24 hex digits.
+_CLIENT_ID = re.compile(r"svc_[0-9a-f]{24}")
+
+
+def looks_like_client_id(client_id: str) -> bool:
+    return _CLIENT_ID.fullmatch(client_id) is not None
+
+
 def normalise_email(email: str) -> str:
     """The stored form: trimmed and lower-cased, so that lookups ignore case."""
     return email.strip().lower()

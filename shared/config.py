@@ -33,6 +33,9 @@ class CommonSettings(BaseSettings):
     # and the `aud` both agree on.
     token_issuer: str = Field("wallet-system-auth", min_length=1)
     token_audience: str = Field("wallet-system", min_length=1)
+    # How often token verifiers fetch the auth service's keys and revocations: a revoked
+    # session, account or key is refused everywhere within about this many seconds.
+    revocation_refresh_seconds: float = Field(10.0, gt=0, le=300)
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

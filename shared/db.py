@@ -133,6 +133,7 @@ async def open_pool(
     max_size: int,
     name: str,
     configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+    statement_timeout_seconds: float | None = None,
 ) -> Pool:
     """Opens the pool and waits for its first connections, so a bad URL fails at start-up."""
     pool = Pool(
@@ -144,9 +145,19 @@ async def open_pool(
         timeout=POOL_TIMEOUT_SECONDS,
         configure=configure,
         reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
+        kwargs=session_options(statement_timeout_seconds),
     )
     await pool.open(wait=True, timeout=15.0)
     return pool
+
+
+def session_options(statement_timeout_seconds: float | None) -> dict[str, str]:
+    """Connection parameters that bound every statement (lock waits included), so that no
+    database call can hang a request; a transaction may still shorten it (SET LOCAL)."""
+    if statement_timeout_seconds is None:
+        return {}
+    milliseconds = max(1, round(statement_timeout_seconds * 1000))
+    return {"options": f"-c statement_timeout={milliseconds}"}
 
 
 async def database_is_reachable(database_url: str) -> bool:

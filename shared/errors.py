@@ -23,14 +23,27 @@ class ServiceError(Exception):
         self.metadata = {key: str(value) for key, value in metadata.items()}
 
     def to_status(self, domain: str) -> grpc.Status:
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=domain, metadata=self.metadata
-        )
+        # Messages and metadata may quote what the caller sent: clipped, so that an answer
+        # always fits in a client's metadata limit (8 KiB by default) whatever came in.
+        metadata = {key: _clip(value, MAX_METADATA_VALUE) for key, value in self.metadata.items()}
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=domain, metadata=metadata)
         detail = any_pb2.Any()
         detail.Pack(info)
         return rpc_status.to_status(
-            status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+            status_pb2.Status(
+                code=self.code.value[0],
+                message=_clip(self.message, MAX_MESSAGE),
+                details=[detail],
+            )
         )
+
+
+MAX_MESSAGE = 512
+MAX_METADATA_VALUE = 128
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def invalid_argument(reason: str, message: str, **metadata: object) -> ServiceError:

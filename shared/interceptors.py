@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,7 +95,7 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         method = handler_call_details.method
-        request_id = metadata_value(handler_call_details, "x-request-id") or uuid.uuid4().hex
+        request_id = caller_request_id(handler_call_details) or uuid.uuid4().hex
 
         @contextlib.asynccontextmanager
         async def logged(request: Any, context: Any) -> AsyncIterator[None]:
@@ -132,6 +133,17 @@ def _why_cancelled(context: Any) -> grpc.StatusCode:
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
+
+
+# A caller's request id is echoed and logged only if it looks like one (a UUID, a trace id).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def caller_request_id(details: grpc.HandlerCallDetails) -> str | None:
+    """The caller's `x-request-id` if it is 1 to 64 safe characters; None otherwise, so that a
+    made-up kilobyte header is neither echoed nor written to the logs."""
+    value = metadata_value(details, "x-request-id")
+    return value if value is not None and _REQUEST_ID.fullmatch(value) else None
 
 
 def _code_name(code: object) -> str:

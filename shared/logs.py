@@ -3,6 +3,7 @@
 import contextvars
 import logging
 import sys
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -16,8 +17,9 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def json_handler(service: str, stream: TextIO) -> logging.Handler:
+    """Writes one JSON object per record to `stream`, with every `extra` field."""
+    handler = logging.StreamHandler(stream)
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
         JsonFormatter(
@@ -27,6 +29,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             static_fields={"service": service},
         )
     )
+    return handler
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = json_handler(service, sys.stderr)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

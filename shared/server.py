@@ -22,7 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.db import DatabaseMonitor, Pool
+from shared.guards import MalformedRequestInterceptor
 from shared.interceptors import ErrorInterceptor, LoggingInterceptor
+from shared.transport import ServerTransport
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,19 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     health_check_interval: float = 5.0,
     on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+    transport: ServerTransport | None = None,
 ) -> RunningServer:
+    transport = transport or ServerTransport()  # plaintext, gRPC's own limits
     server = grpc.aio.server(
-        interceptors=[LoggingInterceptor(), ErrorInterceptor(service_name), *interceptors],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[
+            LoggingInterceptor(),
+            ErrorInterceptor(service_name),
+            *interceptors,
+            # Innermost, so that a malformed call without a token is UNAUTHENTICATED first.
+            MalformedRequestInterceptor(service_name),
+        ],
+        options=[("grpc.so_reuseport", 0), *transport.options],
+        maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
     add_servicer(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -74,7 +85,7 @@ async def start_server(
     reflection.enable_server_reflection(
         [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    port = transport.bind(server, address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()

@@ -2,17 +2,22 @@
 
 `TokenVerifier.verify` accepts a token only if it is a JWT with `typ: at+jwt`, a `kid`
 naming a key of the trusted set (the auth service's `GetPublicKeys`), signed with that
-key's own published algorithm (never `none`, never HMAC), and with the expected `iss`
-and `aud`, a current `nbf`/`exp` and every required claim. Anything else is
-UNAUTHENTICATED with reason INVALID_TOKEN or TOKEN_EXPIRED.
+key's own published algorithm (never `none`, never HMAC), with the expected `iss`
+and `aud`, a current `nbf`/`exp`, every required claim, a lifetime (`exp - iat`) no longer
+than allowed, and nothing in it revoked (the auth service's `GetRevocations`: ended sessions,
+disabled service accounts, revoked keys). Anything else is UNAUTHENTICATED with reason
+INVALID_TOKEN, TOKEN_EXPIRED or TOKEN_REVOKED.
 
-The key set is fetched lazily (a service may start before auth), cached, refreshed
-when it grows old, and fetched again when a token names an unknown `kid`; such
-refetches are coalesced and at most one per `min_refetch_interval_seconds`, so a flood
-of made-up key ids costs the auth service nothing.
+Keys and revocations are fetched together: lazily (a service may start before auth), every
+`refresh_interval_seconds` in the background once `start()` is called (so a revocation takes
+effect within that interval), and again when a token names an unknown `kid`; such refetches
+are coalesced and at most one per `min_refetch_interval_seconds`, so a flood of made-up key
+ids costs the auth service nothing. When the auth service cannot be reached, the last good
+keys and revocations stay in force: verification goes on locally.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -39,8 +44,20 @@ KEY_TYPES: dict[str, type] = {
     "RS256": rsa.RSAPublicKey,
 }
 MAX_TOKEN_LENGTH = 8192
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """What no longer authorises anything, although tokens naming it may not have expired."""
+
+    session_ids: frozenset[str] = frozenset()  # `sid` claims of ended sessions
+    subjects: frozenset[str] = frozenset()  # `sub` claims: disabled service accounts
+    key_ids: frozenset[str] = frozenset()  # `kid` headers: revoked signing keys
+
 
 KeySource = Callable[[], Awaitable[Sequence[auth_pb2.PublicKey]]]
+RevocationSource = Callable[[], Awaitable[Revocations]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ class Principal:
     subject: str
     scopes: frozenset[str]
     token_id: str
+    session_id: str | None = None  # the `sid` of a user's token: its login session
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -70,31 +88,59 @@ class TokenVerifier:
         *,
         issuer: str,
         audience: str,
+        revocation_source: RevocationSource | None = None,
         leeway_seconds: float = 30.0,
         min_refetch_interval_seconds: float = 1.0,
-        max_key_age_seconds: float = 300.0,
+        refresh_interval_seconds: float = 10.0,
+        max_token_lifetime_seconds: float = DAY,
     ) -> None:
         self._key_source = key_source
+        self._revocation_source = revocation_source
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
         self._min_refetch_interval = min_refetch_interval_seconds
-        self._max_key_age = max_key_age_seconds
+        self._refresh_interval = refresh_interval_seconds
+        self._max_lifetime = max_token_lifetime_seconds
         self._keys: dict[str, TrustedKey] = {}
+        self._revocations = Revocations()
         self._fetched_at = -math.inf  # last successful fetch (monotonic)
         self._attempted_at = -math.inf  # last fetch attempt, successful or not
         self._fetches = 0  # attempts so far: lets waiters see that one happened meanwhile
         self._last_fetch_failed = False
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None  # a background refresh under way
+        self._refresher: asyncio.Task[None] | None = None  # the periodic refresh, once started
 
     async def verify(self, token: str) -> Principal:
         header = _unverified_header(token)
         key = await self._trusted_key(header["kid"])
         if header.get("alg") != key.algorithm:
             raise _invalid("token algorithm does not match its key")
-        claims = self._decode(token, key)
-        return _principal(claims)
+        principal = _principal(self._decode(token, key))
+        if principal.subject in self._revocations.subjects:
+            raise _revoked("this account's access tokens were revoked")
+        if principal.session_id in self._revocations.session_ids:
+            raise _revoked("the session of this access token has ended")
+        return principal
+
+    def start(self) -> None:
+        """Refreshes keys and revocations every `refresh_interval_seconds` from now on."""
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_periodically())
+
+    async def close(self) -> None:
+        for task in (self._refresher, self._refresh):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _refresh_periodically(self) -> None:
+        while True:
+            async with self._lock:  # periodic already: no need to wait out the refetch interval
+                await self._fetch_once()
+            await asyncio.sleep(self._refresh_interval)
 
     def _decode(self, token: str, key: TrustedKey) -> dict[str, Any]:
         try:
@@ -113,14 +159,19 @@ class TokenVerifier:
             raise _invalid(f"access token rejected: {error}") from None
         if claims["exp"] > key.expires_at + self._leeway:
             raise _invalid("access token outlives its signing key")
+        # A leaked key must not mint long-lived tokens: no token lives longer than allowed.
+        if claims["exp"] - claims["iat"] > self._max_lifetime:
+            raise _invalid("access token lifetime is longer than allowed")
         return claims
 
     async def _trusted_key(self, key_id: str) -> TrustedKey:
         fetches_seen = self._fetches
-        if time.monotonic() - self._fetched_at > self._max_key_age:
+        if time.monotonic() - self._fetched_at > self._refresh_interval:
             self._refresh_in_background(fetches_seen)
-        if key_id not in self._keys:  # perhaps a key newer than the cache
-            await self._refetch(fetches_seen, wait=True)
+        if key_id not in self._keys and key_id not in self._revocations.key_ids:
+            await self._refetch(fetches_seen, wait=True)  # perhaps a key newer than the cache
+        if key_id in self._revocations.key_ids:
+            raise _revoked("the key that signed this access token was revoked")
         if key_id in self._keys:
             # A retired key needs no check of its own: no token it signed may outlive it.
             return self._keys[key_id]
@@ -146,20 +197,35 @@ class TokenVerifier:
                 return
             if delay > 0:
                 await asyncio.sleep(delay)
-            self._attempted_at = time.monotonic()
+            await self._fetch_once()
+
+    async def _fetch_once(self) -> None:
+        """One fetch, with the lock held."""
+        self._attempted_at = time.monotonic()
+        try:
+            await self._fetch()
+        finally:
+            # Counted once done, so that callers who arrived meanwhile use this fetch.
+            self._fetches += 1
+
+    async def _fetch(self) -> None:
+        """Fetches keys, then revocations, and puts both in force together (a revoked key
+        leaves the key set as it joins the revocations); what cannot be fetched stays."""
+        try:
+            published = await self._key_source()
+        except Exception as error:
+            self._last_fetch_failed = True
+            log.warning("could not fetch token verification keys", extra={"error": repr(error)})
+            return
+        revocations = self._revocations
+        if self._revocation_source is not None:
             try:
-                published = await self._key_source()
+                revocations = await self._revocation_source()
             except Exception as error:
-                self._last_fetch_failed = True
-                log.warning("could not fetch token verification keys", extra={"error": repr(error)})
-                return
-            else:
-                self._keys = trusted_keys(published)
-                self._fetched_at = time.monotonic()
-                self._last_fetch_failed = False
-            finally:
-                # Counted once done, so that callers who arrived meanwhile use this fetch.
-                self._fetches += 1
+                log.warning("could not fetch token revocations", extra={"error": repr(error)})
+        self._keys, self._revocations = trusted_keys(published), revocations
+        self._fetched_at = time.monotonic()
+        self._last_fetch_failed = False
 
 
 def trusted_keys(published: Iterable[auth_pb2.PublicKey]) -> dict[str, TrustedKey]:
@@ -206,15 +272,24 @@ def _unverified_header(token: str) -> dict[str, Any]:
 
 def _principal(claims: dict[str, Any]) -> Principal:
     subject, token_id, scope = claims["sub"], claims["jti"], claims.get("scope", "")
+    session_id = claims.get("sid")
     if not (isinstance(subject, str) and subject and isinstance(token_id, str) and token_id):
         raise _invalid("access token has a malformed sub or jti")
     if not isinstance(scope, str):
         raise _invalid("access token scope must be a string")
-    return Principal(subject=subject, scopes=frozenset(scope.split()), token_id=token_id)
+    if session_id is not None and not isinstance(session_id, str):
+        raise _invalid("access token sid must be a string")
+    return Principal(
+        subject=subject, scopes=frozenset(scope.split()), token_id=token_id, session_id=session_id
+    )
 
 
 def _invalid(message: str) -> ServiceError:
     return unauthenticated("INVALID_TOKEN", message)
+
+
+def _revoked(message: str) -> ServiceError:
+    return unauthenticated("TOKEN_REVOKED", message)
 
 
 def grpc_key_source(channel: grpc.aio.Channel, timeout_seconds: float = 5.0) -> KeySource:
@@ -230,12 +305,33 @@ def grpc_key_source(channel: grpc.aio.Channel, timeout_seconds: float = 5.0) -> 
     return fetch
 
 
+def grpc_revocation_source(
+    channel: grpc.aio.Channel, timeout_seconds: float = 5.0
+) -> RevocationSource:
+    """A revocation source that asks the auth service behind `channel` (GetRevocations)."""
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
+
+    async def fetch() -> Revocations:
+        response = await stub.GetRevocations(
+            auth_pb2.GetRevocationsRequest(), timeout=timeout_seconds
+        )
+        return Revocations(
+            session_ids=frozenset(response.session_ids),
+            subjects=frozenset(response.subjects),
+            key_ids=frozenset(response.key_ids),
+        )
+
+    return fetch
+
+
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """The token of the call's `authorization: Bearer <token>` metadata."""
-    for key, value in metadata or ():
-        if key != "authorization":
-            continue
-        text = value.decode() if isinstance(value, bytes) else value
+    """The token of the call's `authorization: Bearer <token>` metadata. Two `authorization`
+    entries are refused: proxies and servers may disagree on which one counts."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if len(values) > 1:
+        raise _invalid("send exactly one authorization header")
+    for value in values:
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
         scheme, _, token = text.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()

@@ -16,6 +16,8 @@ from tests.databases import throwaway_database
 from tests.grpc_errors import expect_status
 
 PASSWORD = "correct horse battery staple"
+# Every test registers from 127.0.0.1: lift the per-address registration limit for them.
+TEST_REGISTRATION_LIMITS = {"register_max_per_address": 1_000_000, "register_max_total": 1_000_000}
 DOMAIN = "auth.v1.AuthService"
 
 
@@ -51,7 +53,7 @@ async def extra_auth_server(database_url: str, **settings: Any) -> AsyncIterator
             auth_host="127.0.0.1",
             auth_port=0,
             auto_migrate=False,
-            **{"bcrypt_cost": 4, **settings},
+            **{"bcrypt_cost": 4, **TEST_REGISTRATION_LIMITS, **settings},
         )
     )
     try:

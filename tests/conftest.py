@@ -9,6 +9,7 @@ from auth_service.config import AuthSettings
 from auth_service.server import start as start_auth
 from shared.migrations import SERVICES, migrate
 from shared.server import RunningServer
+from tests.auth_helpers import TEST_REGISTRATION_LIMITS
 from tests.databases import admin_url, throwaway_database
 from tests.wallet_helpers import Caller, new_service, new_user
 from wallet_service.config import WalletSettings
@@ -43,6 +44,7 @@ def auth_settings(database_url: str) -> AuthSettings:
         auth_port=0,
         auto_migrate=False,
         bcrypt_cost=4,  # the lowest bcrypt allows: tests hash a lot of passwords
+        **TEST_REGISTRATION_LIMITS,
     )
 
 

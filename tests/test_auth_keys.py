@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from typing import Any
 
 import grpc
@@ -94,8 +95,9 @@ async def test_access_tokens_have_the_rfc_9068_header_and_claims(
         audience=AUDIENCE,
         issuer=ISSUER,
     )
-    assert set(claims) == {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope"}
+    assert set(claims) == {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "scope", "sid"}
     assert claims["sub"] == user_id
+    uuid.UUID(claims["sid"])  # the login session, so that ending it revokes the token
     assert claims["scope"] == ""
     assert claims["iat"] == claims["nbf"]
     assert claims["exp"] - claims["iat"] == 900

@@ -102,14 +102,22 @@ async def test_control_characters_in_an_email_are_refused_at_registration(
         )
 
 
-async def test_nul_bytes_are_an_invalid_argument_not_an_internal_error(
+async def test_nul_bytes_get_the_documented_answer_before_reaching_the_database(
     auth_channel: grpc.aio.Channel,
 ) -> None:
+    """Finding 9: they used to answer an undocumented INVALID_VALUE with the driver's text."""
     stub = auth_stub(auth_channel)
-    for call in (
+    error = await expect_auth_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_EMAIL",
         stub.Login(auth_pb2.LoginRequest(email="a\x00b@example.com", password=PASSWORD)),
-        stub.IssueServiceToken(
-            auth_pb2.IssueServiceTokenRequest(client_id="svc_\x00", client_secret="x")
-        ),
-    ):
-        await expect_auth_error(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_VALUE", call)
+    )
+    assert "0x00" not in (error.details() or "")
+    for client_id, secret in (("svc_\x00", "x"), ("svc_" + "0" * 24, "secret\x00")):
+        await expect_auth_error(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "INVALID_CLIENT",
+            stub.IssueServiceToken(
+                auth_pb2.IssueServiceTokenRequest(client_id=client_id, client_secret=secret)
+            ),
+        )

@@ -8,7 +8,13 @@ from typing import Any
 import grpc
 import pytest
 
-from auth_service.throttle import LoginThrottle, account_key, client_address
+from auth_service import passwords
+from auth_service.throttle import (
+    LoginThrottle,
+    RegistrationThrottle,
+    account_key,
+    client_address,
+)
 from shared.db import open_pool
 from shared.errors import ServiceError, error_info
 from shared.gen.auth.v1 import auth_pb2
@@ -27,6 +33,7 @@ from tests.auth_helpers import (
 WINDOW_SECONDS = 2
 PER_ACCOUNT = 3
 PER_ADDRESS = 6
+PER_TRUSTED_ADDRESS = 2
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -39,6 +46,7 @@ async def throttled_channel(database_server_url: str) -> AsyncIterator[grpc.aio.
             login_throttle_window_seconds=WINDOW_SECONDS,
             login_max_failures_per_account=PER_ACCOUNT,
             login_max_failures_per_address=PER_ADDRESS,
+            login_max_failures_per_trusted_address=PER_TRUSTED_ADDRESS,
         ) as channel:
             yield channel
 
@@ -176,6 +184,7 @@ def throttle_on(pool: Any, per_account: int) -> LoginThrottle:
         window_seconds=60,
         max_failures_per_account=per_account,
         max_failures_per_address=PER_ADDRESS,
+        max_failures_per_trusted_address=PER_TRUSTED_ADDRESS,
         trusted_address_days=30,
     )
 
@@ -204,4 +213,82 @@ async def test_a_trusted_address_is_still_held_to_the_address_limit(throttle_poo
         await throttle.attempt(f"guess-{index}@example.com", home, trust_known_address=True)
     with pytest.raises(ServiceError) as refused:
         await throttle.attempt("bob@example.com", home, trust_known_address=True)
+    assert refused.value.reason == "TOO_MANY_ATTEMPTS"
+
+
+# --- issue 8, finding 5: the trusted-address pass is no way around the limit ---------------
+
+
+async def test_guesses_from_the_owners_usual_address_are_still_limited(
+    throttled_channel: grpc.aio.Channel,
+) -> None:
+    """From the victim's usual address, 30 of 30 wrong guesses used to be evaluated."""
+    user = await register(throttled_channel)
+    await login(throttled_channel, user.email)  # 127.0.0.1 is now a trusted address
+    evaluated = 0
+    for _ in range(PER_ADDRESS - 1):
+        try:
+            await login(throttled_channel, user.email, "wrong password")
+        except grpc.aio.AioRpcError as error:
+            info = error_info(error)
+            evaluated += info is not None and info.reason == "INVALID_CREDENTIALS"
+    assert evaluated == max(PER_ACCOUNT, PER_TRUSTED_ADDRESS)
+
+
+async def test_the_owners_usual_address_has_a_budget_of_its_own_past_the_account_limit(
+    throttle_pool: Any,
+) -> None:
+    throttle = throttle_on(throttle_pool, PER_ACCOUNT)
+    account, home, attacker = "eve-target@example.com", "198.51.100.9", "203.0.113.10"
+    await throttle.succeeded(await throttle.attempt(account, home, trust_known_address=True))
+    for _ in range(PER_ACCOUNT):
+        await throttle.attempt(account, attacker, trust_known_address=True)
+    # The account is at its limit: strangers are refused, the owner's address goes on ...
+    for _ in range(PER_TRUSTED_ADDRESS):
+        await throttle.attempt(account, home, trust_known_address=True)
+    # ... within its own budget, after which it is refused too.
+    with pytest.raises(ServiceError) as refused:
+        await throttle.attempt(account, home, trust_known_address=True)
+    assert refused.value.reason == "TOO_MANY_ATTEMPTS"
+
+
+# --- issue 8, finding 4: registration is throttled -----------------------------------------
+
+
+async def test_registration_is_throttled_per_address_taken_emails_included(
+    database_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with auth_database(database_server_url) as url:
+        async with extra_auth_server(url, register_max_per_address=3) as channel:
+            known = await register(channel)
+            await register(channel)
+            # Probing for a registered email counts like any registration ...
+            await expect_auth_error(
+                grpc.StatusCode.ALREADY_EXISTS, "EMAIL_TAKEN", register(channel, known.email)
+            )
+            hashed: list[bytes] = []
+            real_hashpw = passwords.bcrypt.hashpw
+            monkeypatch.setattr(
+                passwords.bcrypt,
+                "hashpw",
+                lambda password, salt: hashed.append(salt) or real_hashpw(password, salt),
+            )
+            # ... and past the limit both are refused before any password is hashed.
+            for email in (known.email, unique_email()):
+                error = await expect_auth_error(
+                    RESOURCE_EXHAUSTED, "TOO_MANY_ATTEMPTS", register(channel, email)
+                )
+                info = error_info(error)
+                assert info is not None and int(info.metadata["retry_after_seconds"]) > 0
+            assert hashed == []
+
+
+async def test_registration_is_throttled_in_total(throttle_pool: Any) -> None:
+    throttle = RegistrationThrottle(
+        throttle_pool, window_seconds=60, max_per_address=100, max_total=2
+    )
+    await throttle.attempt("198.51.100.20")
+    await throttle.attempt("198.51.100.21")
+    with pytest.raises(ServiceError) as refused:
+        await throttle.attempt("198.51.100.22")  # a third address, over the total
     assert refused.value.reason == "TOO_MANY_ATTEMPTS"

@@ -235,6 +235,32 @@ async def test_login_for_an_unknown_email_still_checks_a_bcrypt_hash(
     assert checked_hashes[0].startswith(b"$2b$04$")  # the configured cost, like a real one
 
 
+async def test_a_wrong_password_for_a_cheaper_hash_also_takes_a_check_at_the_configured_cost(
+    auth_channel: grpc.aio.Channel, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8, finding 6: after BCRYPT_COST is raised, a wrong password for an old cost-4
+    hash answered in milliseconds, against a full-cost check for an unknown email."""
+    user = await register(auth_channel)  # hashed at cost 4
+    checked: list[bytes] = []
+    real_checkpw = passwords.bcrypt.checkpw
+
+    def spying_checkpw(password: bytes, hashed: bytes) -> bool:
+        checked.append(hashed[:7])
+        return real_checkpw(password, hashed)
+
+    async with extra_auth_server(database_url, bcrypt_cost=6) as channel:
+        monkeypatch.setattr(passwords.bcrypt, "checkpw", spying_checkpw)
+        await expect_auth_error(
+            UNAUTHENTICATED, "INVALID_CREDENTIALS", login(channel, user.email, "wrong password")
+        )
+        assert checked == [b"$2b$04$", b"$2b$06$"]
+        checked.clear()
+        await expect_auth_error(
+            UNAUTHENTICATED, "INVALID_CREDENTIALS", login(channel, unique_email(), PASSWORD)
+        )
+        assert checked == [b"$2b$06$"]  # what an unknown email costs
+
+
 async def test_unknown_email_and_wrong_password_take_about_as_long(
     database_server_url: str,
 ) -> None:

@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from auth_service import keys
 from shared.errors import ServiceError
 from shared.gen.auth.v1 import auth_pb2
-from shared.tokens import REQUIRED_CLAIMS, TokenVerifier, bearer_token, grpc_key_source
+from shared.tokens import (
+    REQUIRED_CLAIMS,
+    Revocations,
+    TokenVerifier,
+    bearer_token,
+    grpc_key_source,
+)
 from tests.auth_helpers import login, register
 
 ISSUER, AUDIENCE = "wallet-system-auth", "wallet-system"
@@ -299,7 +305,7 @@ async def test_keys_are_fetched_lazily_and_an_unreachable_auth_is_unavailable() 
 async def test_a_key_that_goes_unpublished_is_dropped_when_the_cache_is_renewed() -> None:
     signer = new_signer()
     source = KeySource(signer.published())
-    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    verifier = verifier_on(source, refresh_interval_seconds=0.1, min_refetch_interval_seconds=0.05)
     await verifier.verify(signer.sign(claims()))
     source.published = [new_signer().published()]
     await asyncio.sleep(0.15)
@@ -313,7 +319,7 @@ async def test_a_key_that_goes_unpublished_is_dropped_when_the_cache_is_renewed(
 async def test_an_old_cache_is_renewed_without_making_calls_wait() -> None:
     signer = new_signer()
     source = KeySource(signer.published())
-    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    verifier = verifier_on(source, refresh_interval_seconds=0.1, min_refetch_interval_seconds=0.05)
     await verifier.verify(signer.sign(claims()))
     source.delay_seconds = 1.5  # the auth service has become very slow
     await asyncio.sleep(0.15)
@@ -328,7 +334,7 @@ async def test_an_old_cache_is_renewed_without_making_calls_wait() -> None:
 async def test_an_unreachable_auth_does_not_drop_cached_keys() -> None:
     signer = new_signer()
     source = KeySource(signer.published())
-    verifier = verifier_on(source, max_key_age_seconds=0.1, min_refetch_interval_seconds=0.05)
+    verifier = verifier_on(source, refresh_interval_seconds=0.1, min_refetch_interval_seconds=0.05)
     await verifier.verify(signer.sign(claims()))
     source.failing = True
     await asyncio.sleep(0.15)
@@ -388,4 +394,115 @@ def test_bearer_token_without_one_is_missing_token(metadata: Any) -> None:
     assert (raised.value.code, raised.value.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
         "MISSING_TOKEN",
+    )
+
+
+# --- revocations and lifetime (issue 8, finding 7) -----------------------------------------
+
+
+class RevocationSource:
+    """A stand-in for GetRevocations."""
+
+    def __init__(self) -> None:
+        self.revocations = Revocations()
+        self.failing = False
+
+    async def __call__(self) -> Revocations:
+        if self.failing:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
+            )
+        return self.revocations
+
+
+async def test_revoked_keys_subjects_and_sessions_are_refused() -> None:
+    signer, revocations = new_signer(), RevocationSource()
+    verifier = verifier_on(
+        KeySource(signer.published()),
+        revocation_source=revocations,
+        refresh_interval_seconds=0.05,
+        min_refetch_interval_seconds=0.01,
+    )
+    verifier.start()
+    try:
+        session_id = str(uuid.uuid4())
+        user_token = signer.sign(claims(sid=session_id))
+        service_token = signer.sign(claims(sub="svc_0123456789abcdef01234567"))
+        assert (await verifier.verify(user_token)).session_id == session_id
+        await verifier.verify(service_token)
+        for revoked, expected in (
+            (Revocations(session_ids=frozenset({session_id})), [user_token]),
+            (Revocations(subjects=frozenset({"svc_0123456789abcdef01234567"})), [service_token]),
+            (Revocations(key_ids=frozenset({signer.key_id})), [user_token, service_token]),
+            (Revocations(session_ids=frozenset({session_id})), [user_token]),
+        ):
+            revocations.revocations = revoked
+            await asyncio.sleep(0.15)
+            refused = [
+                token
+                for token in (user_token, service_token)
+                if await _refused_as(verifier, token, "TOKEN_REVOKED")
+            ]
+            assert refused == expected, revoked
+        # The last good list stays in force while the auth service is unreachable.
+        revocations.failing = True
+        await asyncio.sleep(0.15)
+        await assert_refused(verifier, user_token, "TOKEN_REVOKED")
+    finally:
+        await verifier.close()
+
+
+async def _refused_as(verifier: TokenVerifier, token: str, reason: str) -> bool:
+    try:
+        await verifier.verify(token)
+    except ServiceError as error:
+        return error.reason == reason
+    return False
+
+
+async def test_a_retired_key_is_known_as_retired_within_the_refresh_interval() -> None:
+    signer = new_signer()
+    source = KeySource(signer.published())
+    verifier = verifier_on(source, refresh_interval_seconds=0.05, min_refetch_interval_seconds=0.01)
+    verifier.start()
+    try:
+        now = int(time.time())
+        token = signer.sign(claims(iat=now - 200, nbf=now - 200, exp=now + 100))
+        await verifier.verify(token)
+        retired = signer.published()
+        retired.expire_time.FromSeconds(now - 60)  # retired long enough for its tokens to end
+        source.published = [retired, new_signer().published()]
+        await asyncio.sleep(0.2)
+        await assert_refused(verifier, token)
+    finally:
+        await verifier.close()
+
+
+async def test_a_token_living_longer_than_allowed_is_refused_however_well_signed() -> None:
+    signer = new_signer()
+    verifier = verifier_on(KeySource(signer.published()), max_token_lifetime_seconds=900)
+    now = int(time.time())
+    await verifier.verify(signer.sign(claims(iat=now, exp=now + 900)))
+    await assert_refused(verifier, signer.sign(claims(iat=now, exp=now + 901)))
+    await assert_refused(verifier, signer.sign(claims(iat=now, exp=now + 365 * 86400)))
+    # And iat cannot be moved into the future to stretch it.
+    await assert_refused(
+        verifier, signer.sign(claims(iat=now + 3600, nbf=now, exp=now + 3600 + 900))
+    )
+    await assert_refused(verifier, signer.sign(claims(sid=42)))
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [("authorization", "Basic dXNlcjpwYXNz"), ("authorization", "Bearer abc.def.ghi")],
+        [("authorization", "Bearer abc.def.ghi"), ("authorization", "Bearer abc.def.ghi")],
+    ],
+)
+def test_two_authorization_entries_are_refused(metadata: Any) -> None:
+    with pytest.raises(ServiceError) as raised:
+        bearer_token(metadata)
+    assert (raised.value.code, raised.value.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_TOKEN",
     )

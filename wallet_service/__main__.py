@@ -23,7 +23,7 @@ def main() -> None:
     configure_logging("wallet", settings.log_level)
     if settings.auto_migrate:
         migrate(settings.database_url, "wallet")
-    serve_metrics(settings.wallet_metrics_port)
+    serve_metrics(settings.wallet_metrics_port, settings.wallet_metrics_host)
     asyncio.run(_serve(settings))
 
 

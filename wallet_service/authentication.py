@@ -1,18 +1,13 @@
-"""The authentication interceptor: every call but health and reflection needs a valid access
-token. The token is checked locally (signature with keys from the auth service's
-GetPublicKeys, cached) and the caller's Principal is handed to the handlers."""
+"""Authentication in the wallet service: every call but health and reflection needs a valid
+access token (checked by `shared.authentication`); handlers read the caller with
+`current_principal()`."""
 
-import contextlib
-import contextvars
-from collections.abc import AsyncIterator
-from typing import Any
+from shared.authentication import AuthenticationInterceptor as _AuthenticationInterceptor
+from shared.authentication import current_principal
+from shared.tokens import TokenVerifier
+from wallet_service.config import SERVICE_NAME
 
-import grpc
-
-from shared.interceptors import Continuation, wrap_calls
-from shared.tokens import Principal, TokenVerifier, bearer_token
-
-_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+__all__ = ["AuthenticationInterceptor", "current_principal", "needs_token"]
 
 # Standard services that answer without a token.
 PUBLIC_PREFIXES = (
@@ -22,27 +17,10 @@ PUBLIC_PREFIXES = (
 )
 
 
-def current_principal() -> Principal:
-    """The authenticated caller of the current RPC."""
-    return _principal.get()
+def needs_token(method: str) -> bool:
+    return not method.startswith(PUBLIC_PREFIXES)
 
 
-class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
+class AuthenticationInterceptor(_AuthenticationInterceptor):
     def __init__(self, verifier: TokenVerifier) -> None:
-        self._verifier = verifier
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler_call_details.method.startswith(PUBLIC_PREFIXES):
-            return handler
-        metadata = handler_call_details.invocation_metadata
-
-        @contextlib.asynccontextmanager
-        async def authenticated(request: Any, context: Any) -> AsyncIterator[None]:
-            _principal.set(await self._verifier.verify(bearer_token(metadata)))
-            yield
-
-        # Every kind of call: a streaming RPC gets no way around the token check.
-        return wrap_calls(handler, authenticated)
+        super().__init__(verifier, SERVICE_NAME, needs_token)

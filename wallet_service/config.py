@@ -2,18 +2,21 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.config import CommonSettings
+from shared.transport import AuthClientSettings, ServerTransportSettings
 
 SERVICE_NAME = "wallet.v1.WalletService"
+DAY = 24 * 3600
 
 
-class WalletSettings(CommonSettings):
+class WalletSettings(CommonSettings, ServerTransportSettings, AuthClientSettings):
     wallet_host: str = "[::]"
     wallet_port: int = Field(50052, ge=0, le=65535)
-    # Prometheus /metrics over HTTP; 0 turns it off.
+    # Prometheus /metrics over HTTP; 0 turns it off. Loopback only unless told otherwise.
     wallet_metrics_port: int = Field(9052, ge=0, le=65535)
+    wallet_metrics_host: str = Field("127.0.0.1", min_length=1)
     # Apply pending migrations/wallet files at start-up.
     auto_migrate: bool = True
     # The auth service, whose GetPublicKeys verifies access tokens.
@@ -22,6 +25,14 @@ class WalletSettings(CommonSettings):
     # deadline (a client deadline shortens both).
     lock_timeout_seconds: float = Field(5.0, gt=0, le=60)
     statement_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Access tokens living longer than this (`exp - iat`) are refused, even when validly signed:
+    # at least the auth service's ACCESS_TOKEN_TTL_SECONDS.
+    token_max_lifetime_seconds: int = Field(900, ge=60, le=DAY)
+    # Signs page tokens; the same on every instance behind one balancer (unset: each process
+    # makes up its own, and a page token works only on the instance that issued it).
+    page_token_secret: SecretStr | None = Field(None, min_length=32)
+    # Largest page of ListWallets, ListTransactions and other lists; larger requests are clamped.
+    max_page_size: int = Field(100, ge=1, le=1000)
     # Idempotency outcomes are kept at least this long (SPEC: 24 hours or more).
     idempotency_retention_hours: float = Field(24.0, ge=24)
     # How often the service deletes outcomes older than the retention.

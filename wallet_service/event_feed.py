@@ -17,37 +17,37 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from shared.listener import Listener, notify
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "wallet_events"
 FALLBACK_POLL_SECONDS = 1.0
 NOTIFY_COALESCE_SECONDS = 0.005
-RECONNECT_SECONDS = 0.5
 
 
 class EventFeed:
     def __init__(self, database_url: str, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-        self._database_url = database_url
         self._pool = pool
         self._generation = 0
         self._changed = asyncio.Condition()
         self._notify_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = Listener(database_url, CHANNEL, self._on_notify)
 
     @property
     def generation(self) -> int:
         return self._generation
 
     def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen())
+        self._listener.start()
 
     async def stop(self) -> None:
-        for task in [self._listener, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._listener.stop()
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def wait(self, seen_generation: int, seconds: float) -> None:
         """Returns once the generation moves past `seen_generation`, or after `seconds`."""
@@ -60,6 +60,7 @@ class EventFeed:
 
     def events_committed(self) -> None:
         """Called after a commit that wrote events: one NOTIFY soon, for all such commits."""
+        self._on_notify()  # this process's own watchers need no round trip
         if self._notify_pending:
             return
         self._notify_pending = True
@@ -71,28 +72,17 @@ class EventFeed:
         await asyncio.sleep(NOTIFY_COALESCE_SECONDS)
         self._notify_pending = False
         try:
-            async with self._pool.connection() as conn:
-                await conn.execute(f"NOTIFY {CHANNEL}")
-                await conn.commit()
+            async with self._pool.connection() as conn, conn.transaction():
+                await notify(conn, CHANNEL)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
             log.warning("could not notify event watchers", extra={"error": str(error)})
-        await self._bump()  # this process's own watchers need no round trip
 
-    async def _bump(self) -> None:
+    def _on_notify(self) -> None:
+        self._generation += 1
+        task = asyncio.create_task(self._wake_watchers())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wake_watchers(self) -> None:
         async with self._changed:
-            self._generation += 1
             self._changed.notify_all()
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._database_url, autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    await self._bump()  # events may have come while not listening
-                    async for _ in conn.notifies():
-                        await self._bump()
-            except (psycopg.Error, OSError) as error:
-                log.warning("event listener lost its connection", extra={"error": str(error)})
-            await asyncio.sleep(RECONNECT_SECONDS)

@@ -7,16 +7,18 @@ import logging
 from typing import Any
 
 import grpc
-import psycopg
 import psycopg_pool
+from pydantic import SecretStr
 
 from shared.db import open_pool
 from shared.gen.wallet.v1 import wallet_pb2_grpc
 from shared.server import RunningServer, start_server
-from shared.tokens import TokenVerifier, grpc_key_source
+from shared.tokens import TokenVerifier, grpc_key_source, grpc_revocation_source
+from shared.transport import auth_channel, server_transport
+from wallet_service import page_tokens
 from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
-from wallet_service.engine.runner import Engine, Limits, sweep_expired_holds
+from wallet_service.engine.runner import Engine, Limits
 from wallet_service.event_feed import EventFeed
 from wallet_service.servicer import WalletServicer, WatchSettings
 from wallet_service.store import events as events_store
@@ -35,26 +37,18 @@ AUTH_CHANNEL_OPTIONS = [
 ]
 
 
-async def _serializable(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Every transaction SERIALIZABLE, as on a distributed PostgreSQL-compatible engine; the
-    ledger retries the serialization failures this brings."""
-    await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
-
-
 async def start(settings: WalletSettings) -> RunningServer:
     pool = await open_pool(
         settings.database_url,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         name="wallet",
-        configure=_serializable if settings.wallet_isolation_level == "serializable" else None,
+        statement_timeout_seconds=settings.statement_timeout_seconds,
     )
-    auth_channel = grpc.aio.insecure_channel(settings.auth_address, options=AUTH_CHANNEL_OPTIONS)
-    verifier = TokenVerifier(
-        grpc_key_source(auth_channel),
-        issuer=settings.token_issuer,
-        audience=settings.token_audience,
-    )
+    channel_to_auth = auth_channel(settings, settings.auth_address, options=AUTH_CHANNEL_OPTIONS)
+    verifier = _token_verifier(settings, channel_to_auth)
+    verifier.start()
+    page_tokens.configure(_page_token_secret(settings.page_token_secret), settings.max_page_size)
     feed = EventFeed(settings.database_url, pool)
     feed.start()
     engine = Engine(
@@ -62,6 +56,7 @@ async def start(settings: WalletSettings) -> RunningServer:
         Limits(
             lock_timeout_seconds=settings.lock_timeout_seconds,
             statement_timeout_seconds=settings.statement_timeout_seconds,
+            serializable=settings.wallet_isolation_level == "serializable",
         ),
         events_committed=feed.events_committed,
     )
@@ -73,7 +68,7 @@ async def start(settings: WalletSettings) -> RunningServer:
     )
     background = [
         asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings)),
-        asyncio.create_task(_sweep_expired_holds_periodically(pool, settings, feed)),
+        asyncio.create_task(_sweep_expired_holds_periodically(engine, settings)),
         asyncio.create_task(_clean_events_periodically(pool, settings)),
     ]
 
@@ -83,7 +78,8 @@ async def start(settings: WalletSettings) -> RunningServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await feed.stop()
-        await auth_channel.close(grace=None)
+        await verifier.close()
+        await channel_to_auth.close(grace=None)
 
     return await start_server(
         service_name=SERVICE_NAME,
@@ -95,7 +91,30 @@ async def start(settings: WalletSettings) -> RunningServer:
         interceptors=[AuthenticationInterceptor(verifier)],
         health_check_interval=settings.health_check_interval_seconds,
         on_stop=[stop_background_work],
+        transport=server_transport(settings),
     )
+
+
+def _token_verifier(settings: WalletSettings, channel: grpc.aio.Channel) -> TokenVerifier:
+    """Checks tokens locally with the auth service's keys and revocations, refreshed in the
+    background; the last good ones stay in force while the auth service is unreachable."""
+    return TokenVerifier(
+        grpc_key_source(channel),
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        revocation_source=grpc_revocation_source(channel),
+        refresh_interval_seconds=settings.revocation_refresh_seconds,
+        max_token_lifetime_seconds=settings.token_max_lifetime_seconds,
+    )
+
+
+def _page_token_secret(secret: SecretStr | None) -> bytes | None:
+    if secret is None:
+        log.warning(
+            "PAGE_TOKEN_SECRET is not set: page tokens work only on the instance that issued them"
+        )
+        return None
+    return secret.get_secret_value().encode()
 
 
 async def _clean_idempotency_keys_periodically(
@@ -126,15 +145,12 @@ async def _clean_events_periodically(
             log.exception("event clean-up failed; will try again")
 
 
-async def _sweep_expired_holds_periodically(
-    pool: psycopg_pool.AsyncConnectionPool[Any], settings: WalletSettings, feed: EventFeed
-) -> None:
+async def _sweep_expired_holds_periodically(engine: Engine, settings: WalletSettings) -> None:
     while True:
         await asyncio.sleep(settings.hold_sweep_interval_seconds)
         try:
-            expired = await sweep_expired_holds(pool)
+            expired = await engine.sweep_expired_holds()
             if expired:
-                feed.events_committed()
                 log.info("marked expired holds", extra={"count": expired})
         except Exception:
             log.exception("expired hold sweep failed; will try again")

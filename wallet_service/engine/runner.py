@@ -74,6 +74,9 @@ class Limits:
 
     lock_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 10.0
+    # Every money transaction SERIALIZABLE, as on a distributed PostgreSQL-compatible engine;
+    # the retries below handle the serialization failures this brings. Reads stay as they are.
+    serializable: bool = False
 
 
 class Call(Protocol):
@@ -188,12 +191,33 @@ class Engine:
             raise outcome
         return outcome
 
+    async def sweep_expired_holds(self, limit: int = 500) -> int:
+        """Marks holds past their expiry as EXPIRED, with their events; returns how many.
+        They stopped counting the instant they expired; this tidies their status. Safe with
+        several instances: each hold is marked once, and a wallet a movement holds right now
+        is skipped until the next round."""
+        async with (
+            self._pool.connection() as conn,
+            isolation(conn, self._limits.serializable),
+            conn.transaction(),
+        ):
+            rows, at, holds = await holds_store.lock_expired(conn, limit)
+            if not holds:
+                return 0
+            assert at is not None
+            book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
+            for hold in holds:
+                book.expire_hold(hold)
+            await ledger_store.write(conn, book.final_writes())
+        self._events_committed()
+        return len(holds)
+
     async def _run(self, operation: Operation, call: Call) -> Message | ServiceError:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
                     timeouts = timeouts_for(call, self._limits)  # again, after any pool wait
-                    async with conn.transaction():
+                    async with isolation(conn, self._limits.serializable), conn.transaction():
                         await store.set_local_timeouts(
                             conn, timeouts.lock_ms, timeouts.statement_ms
                         )
@@ -227,6 +251,21 @@ class StartAgain(Exception):
     (this one took its id before it waited for the lock). Writing now would put the wallet's
     events out of transaction id order, which readers of the event stream rely on; a new
     transaction gets a larger id."""
+
+
+@contextlib.asynccontextmanager
+async def isolation(conn: store.Conn, serializable: bool) -> AsyncIterator[None]:
+    """The transaction begun inside runs SERIALIZABLE when asked (set when BEGIN is sent: no
+    round trip); the connection goes back to the pool with its default."""
+    if not serializable:
+        yield
+        return
+    await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            await conn.set_isolation_level(None)
 
 
 def connection_lost(error: psycopg.Error) -> bool:
@@ -334,20 +373,3 @@ def _locked(row: wallets_store.LockedRow) -> LockedWallet:
         created_at=wallet.created_at,
         metadata=wallet.metadata,
     )
-
-
-async def sweep_expired_holds(pool: psycopg_pool.AsyncConnectionPool[Any], limit: int = 500) -> int:
-    """Marks holds past their expiry as EXPIRED, with their events; returns how many. They
-    stopped counting the instant they expired; this tidies their status. Safe with several
-    instances: each hold is marked once, and a wallet a movement holds right now is skipped
-    until the next round."""
-    async with pool.connection() as conn, conn.transaction():
-        rows, at, holds = await holds_store.lock_expired(conn, limit)
-        if not holds:
-            return 0
-        assert at is not None
-        book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
-        for hold in holds:
-            book.expire_hold(hold)
-        await ledger_store.write(conn, book.final_writes())
-    return len(holds)
