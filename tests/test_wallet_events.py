@@ -12,12 +12,14 @@ import grpc
 import psycopg
 import pytest
 
-from shared.gen.wallet.v1 import wallet_pb2
+from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from shared.server import RunningServer
 from tests.test_wallet_batches import batch, credit
 from tests.wallet_helpers import Caller, expect_error, new_service, new_user
 from wallet_service import page_tokens
 from wallet_service.config import WalletSettings
 from wallet_service.server import start as start_wallet
+from wallet_service.store import events as events_store
 
 POSTED = wallet_pb2.EVENT_TYPE_TRANSACTION_POSTED
 
@@ -299,3 +301,42 @@ async def test_a_watcher_under_load_gets_every_event_once_in_each_wallets_order_
             e.entry.sequence for e in received if e.wallet_id == wallet_id and e.type == POSTED
         ]
         assert sequences == list(range(1, len(sequences) + 1)), f"out of order for {wallet_id}"
+
+
+async def test_a_reader_that_stops_reading_stops_the_servers_reading_too(
+    admin: Caller,
+    payments: Caller,
+    user: Caller,
+    wallet_server: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC's flow control holds the server's writes: it reads no further ahead than a page
+    or so past what the client's window takes, however many events wait."""
+    read = [0]
+    real = events_store.read_page
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        page = await real(*args, **kwargs)
+        read[0] += len(page.events)
+        return page
+
+    monkeypatch.setattr(events_store, "read_page", counting)
+    wallet_id = (await user.create_wallet()).id
+    # No BDP probing: the client's window stays at its first size, as for a slow reader.
+    options = [("grpc.http2.bdp_probe", 0)]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{wallet_server.port}", options=options
+    ) as channel:
+        call = wallet_pb2_grpc.WalletServiceStub(channel).WatchEvents(
+            wallet_pb2.WatchEventsRequest(wallet_id=wallet_id), metadata=admin.metadata
+        )
+        await payments.credit(wallet_id, 1)
+        await call.read()
+        for _ in range(30):
+            await batch(payments, *(credit(wallet_id, 1) for _ in range(100)))
+        await asyncio.sleep(2)
+        assert read[0] < 1000, f"read {read[0]} of 3001 events while the client read none"
+        for _ in range(3000):
+            await call.read()
+        call.cancel()
+    assert read[0] == 3001
