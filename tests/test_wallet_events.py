@@ -335,7 +335,7 @@ async def test_a_reader_that_stops_reading_stops_the_servers_reading_too(
         for _ in range(30):
             await batch(payments, *(credit(wallet_id, 1) for _ in range(100)))
         await asyncio.sleep(2)
-        assert read[0] < 1000, f"read {read[0]} of 3001 events while the client read none"
+        assert read[0] < 1500, f"read {read[0]} of 3001 events while the client read none"
         for _ in range(3000):
             await call.read()
         call.cancel()

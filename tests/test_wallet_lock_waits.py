@@ -191,7 +191,7 @@ async def test_another_users_locked_wallet_is_not_found_at_once(
 
 def failing_first(times: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Makes the next `times` movements fail with a serialization failure (40001)."""
-    real = ledger_store.write
+    real = ledger_store.send_write
     calls: list[int] = []
 
     async def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -200,7 +200,7 @@ def failing_first(times: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
             raise psycopg.errors.SerializationFailure("could not serialize access")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(ledger_store, "write", flaky)
+    monkeypatch.setattr(ledger_store, "send_write", flaky)
     return calls
 
 

@@ -138,6 +138,11 @@ class Book:
     def record(self, outcome: Outcome) -> None:
         self.writes.outcomes.append(outcome)
 
+    def release_key(self, principal: str, key: str) -> None:
+        """A claimed key whose operation was refused before it did anything (not found, not
+        allowed, invalid): the transaction commits for the others, the key stays unused."""
+        self.writes.released_keys.append((principal, key))
+
     def final_writes(self) -> Writes:
         """Everything to write, with each changed wallet's net change."""
         self.writes.wallets = [

@@ -1,21 +1,28 @@
-"""The engine: runs each money operation as one PostgreSQL transaction, and is the one place
-that takes locks.
+"""The engine: runs money operations in PostgreSQL transactions, and is the one place that
+takes locks.
 
-In that transaction: claim the caller's idempotency key (or replay its first outcome), lock
-the wallet rows with SELECT ... FOR UPDATE in ascending id order (so no two operations can
-deadlock), then the hold or refunded-total rows the operation needs, let the operation check
-and change the book in memory, write everything in one statement, record the outcome (the
-serialised answer) under the key, commit.
+Operations that wait for the same wallet in this process run together as one group
+(combiner.py); a group is one transaction, sent in two round trips (pipeline mode):
+
+1. BEGIN, the lock and statement timeouts, the claim of every operation's idempotency key,
+   the wallet rows with SELECT ... FOR UPDATE in ascending id order (so no two transactions
+   can deadlock), the instant and the expired holds, then any hold and refunded-total rows:
+   one flush, one wait.
+2. Each operation checks and changes the book of locked rows in memory, in arrival order, and
+   gets its own outcome: a replay of its key's first outcome, a refusal (recorded under its
+   key), another error (its key left unused) or its answer. Then everything is written in one
+   statement, with each answer recorded under its key, and COMMIT: one flush, one wait.
 
 A final business refusal (FAILED_PRECONDITION: insufficient funds, a hold already captured,
-...) is recorded under the key too, and replayed: the first outcome of a key is final. A
-succeeded key stays unique forever: the ledger and the holds table refuse a second use, and
-a retry long after the idempotency record was cleaned up replays from them.
+...) is recorded and replayed: the first outcome of a key is final. A succeeded key stays
+unique forever: the ledger and the holds table refuse a second use, and a retry long after the
+idempotency record was cleaned up replays from them.
 
-Whatever goes wrong after the transaction started is resolved here where it can be, always by
-trying again with the same key on a fresh connection, whose claim finds what the first attempt
-committed, if anything: a lost connection (perhaps around COMMIT), a serialization failure or a
-deadlock. What cannot be resolved is answered UNAVAILABLE or ABORTED, which tell the client
+Whatever goes wrong with the transaction is resolved here where it can be, always by trying
+the group again on a fresh connection, whose claims find what the first attempt committed, if
+anything: a lost connection (perhaps around COMMIT), a serialization failure, a deadlock. An
+unexpected database error makes each operation of a group run alone, so that it is only that
+operation's. What cannot be resolved is answered UNAVAILABLE or ABORTED, which tell the client
 that the outcome is unknown and to retry with the same key.
 """
 
@@ -45,6 +52,7 @@ from shared.errors import (
 )
 from wallet_service import store
 from wallet_service.engine.book import Book, LockedWallet
+from wallet_service.engine.combiner import Combiner, Waiting
 from wallet_service.engine.operations.base import Operation, Refusal
 from wallet_service.store import holds as holds_store
 from wallet_service.store import idempotency
@@ -121,49 +129,19 @@ def timeouts_for(call: Call, limits: Limits) -> Timeouts:
     )
 
 
-class WalletTurns:
-    """Operations of this process that touch the same wallet take turns here, in arrival
-    order, before they go to the database. The database's row locks still decide between
-    processes; this keeps a hot wallet from holding a pool connection per waiting call, and
-    keeps the transactions queued behind one another from all losing to it in SERIALIZABLE
-    mode. Turns are taken in ascending wallet id order, like the row locks."""
-
-    def __init__(self) -> None:
-        self._locks: dict[UUID, asyncio.Lock] = {}
-        self._users: dict[UUID, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def take(self, wallet_ids: list[UUID], timeouts: Timeouts) -> AsyncIterator[None]:
-        held: list[asyncio.Lock] = []
-        ids = sorted(set(wallet_ids))
-        for wallet_id in ids:
-            self._users[wallet_id] = self._users.get(wallet_id, 0) + 1
-        try:
-            async with asyncio.timeout(timeouts.turn_seconds):
-                for wallet_id in ids:
-                    lock = self._locks.setdefault(wallet_id, asyncio.Lock())
-                    await lock.acquire()
-                    held.append(lock)
-            yield
-        except TimeoutError:
-            raise _wait_over(timeouts.turn_set_by_deadline) from None
-        finally:
-            for lock in reversed(held):
-                lock.release()
-            for wallet_id in ids:
-                self._users[wallet_id] -= 1
-                if not self._users[wallet_id]:
-                    # No lock yet if every taker gave up before reaching this wallet.
-                    del self._users[wallet_id]
-                    self._locks.pop(wallet_id, None)
-
-
 def _wait_over(set_by_deadline: bool) -> ServiceError:
     if set_by_deadline:
         return deadline_exceeded(
             "DEADLINE_EXCEEDED", "the deadline passed while waiting for the wallet"
         )
     return aborted("LOCK_TIMEOUT", "the wallet is busy; retry with the same key")
+
+
+class StartAgain(Exception):
+    """A wallet this transaction just locked was written by a transaction with a larger id
+    (this one took its id before it waited for the lock). Writing now would put the wallet's
+    events out of transaction id order, which readers of the event stream rely on; a new
+    transaction gets a larger id."""
 
 
 class Engine:
@@ -175,8 +153,8 @@ class Engine:
     ) -> None:
         self._pool = pool
         self._limits = limits
-        self._turns = WalletTurns()
         self._events_committed = events_committed  # wakes the event watchers
+        self._combiner = Combiner(self._run_group)
 
     async def execute(self, operation: Operation, call: Call) -> Message:
         """Runs `operation` once, whatever the retries; returns its answer or raises its
@@ -185,11 +163,103 @@ class Engine:
         if operation.needs_preparing:
             async with self._pool.connection() as conn:
                 await operation.prepare(conn)
-        async with self._turns.take(list(operation.wallets()), timeouts):
-            outcome = await self._run(operation, call)
-        if isinstance(outcome, ServiceError):
-            raise outcome
-        return outcome
+        waiting = Waiting(operation, call, frozenset(operation.wallets()))
+        return await self._combiner.submit(
+            waiting, timeouts.turn_seconds, lambda: _wait_over(timeouts.turn_set_by_deadline)
+        )
+
+    async def stop(self) -> None:
+        await self._combiner.stop()
+
+    async def _run_group(self, members: list[Waiting]) -> None:
+        """Runs a group's transaction, retried as a whole, and settles every member."""
+        group = _Group(members, self._limits)
+        if not group.members:
+            return
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._pool.connection() as conn:
+                    outcomes, wrote_events = await self._transaction(conn, group)
+            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
+                group.settle_all(lambda member: _wait_over(group.lock_set_by_deadline(member)))
+                return
+            except (
+                pg_errors.SerializationFailure,
+                pg_errors.DeadlockDetected,
+                StartAgain,
+            ) as error:
+                if await _given_up(attempt, group, error):
+                    return
+            except pg_errors.UniqueViolation as error:
+                if error.diag.constraint_name not in ONE_USE_PER_KEY:
+                    return await self._one_by_one(group, error)
+                # Another request with this key committed first: the next claim replays it.
+                if await _given_up(attempt, group, error):
+                    return
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                if not connection_lost(error):
+                    return await self._one_by_one(group, error)
+                # Perhaps committed, perhaps not: the next attempt's claims find out.
+                if await _given_up(attempt, group, error):
+                    return
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+                return await self._one_by_one(group, error)
+            except Exception as error:  # a bug: it must still settle every member
+                return await self._one_by_one(group, error)
+            else:
+                if wrote_events:
+                    self._events_committed()
+                for member, outcome in zip(group.members, outcomes, strict=True):
+                    member.settle(outcome)
+                return
+        raise AssertionError("every attempt either returns or gives up")
+
+    async def _one_by_one(self, group: "_Group", error: BaseException) -> None:
+        """An unexpected error in a group: each operation alone, so the error is only the
+        one operation's that causes it."""
+        if len(group.members) == 1:
+            group.members[0].settle(error)
+            return
+        for member in group.members:
+            await self._run_group([member])
+
+    async def _transaction(
+        self, conn: store.Conn, group: "_Group"
+    ) -> tuple[list[Message | ServiceError], bool]:
+        """The group's transaction: every member's outcome, and whether events were written."""
+        async with (
+            isolation(conn, self._limits.serializable),
+            conn.pipeline(),
+            conn.transaction(),
+        ):
+            # The first round trip: everything the operations need, locks included.
+            await store.send_local_timeouts(conn, group.lock_ms, group.statement_ms)
+            claims = await idempotency.send_claims(conn, group.claims)
+            wallets = await wallets_store.send_lock(conn, group.wanted_wallets)
+            clock = await wallets_store.send_clock(conn, list(group.wanted_wallets))
+            holds = await holds_store.send_lock(conn, group.hold_ids) if group.hold_ids else None
+            refunded = (
+                await ledger_store.send_lock_refunded(conn, group.refunded_ids)
+                if group.refunded_ids
+                else None
+            )
+            records = await claims.result()
+            rows = await wallets.result()
+            at, expired = await clock.result()
+            locked = wallets_store.locked_rows(rows, expired)
+            if any(row.newer_change for row in locked.values()):
+                raise StartAgain
+            book = Book(
+                at=at,
+                wallets={id_: _locked(row) for id_, row in locked.items()},
+                holds=await holds.result() if holds else {},
+                refunded=await refunded.result() if refunded else {},
+            )
+            outcomes = [await _apply(conn, book, member, records) for member in group.members]
+            writes = book.final_writes()
+            # The second: the write, then COMMIT as the block ends.
+            await ledger_store.send_write(conn, writes)
+        return outcomes, bool(writes.events)
 
     async def sweep_expired_holds(self, limit: int = 500) -> int:
         """Marks holds past their expiry as EXPIRED, with their events; returns how many.
@@ -208,49 +278,143 @@ class Engine:
             book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
             for hold in holds:
                 book.expire_hold(hold)
-            await ledger_store.write(conn, book.final_writes())
+            await (await ledger_store.send_write(conn, book.final_writes())).result()
         self._events_committed()
         return len(holds)
 
-    async def _run(self, operation: Operation, call: Call) -> Message | ServiceError:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+
+class _Group:
+    """The members of a group that may still start, and what their transaction needs."""
+
+    def __init__(self, members: list[Waiting], limits: Limits) -> None:
+        self.members: list[Waiting] = []
+        self._timeouts: dict[int, Timeouts] = {}
+        for member in members:
             try:
-                async with self._pool.connection() as conn:
-                    timeouts = timeouts_for(call, self._limits)  # again, after any pool wait
-                    async with isolation(conn, self._limits.serializable), conn.transaction():
-                        await store.set_local_timeouts(
-                            conn, timeouts.lock_ms, timeouts.statement_ms
-                        )
-                        outcome, wrote_events = await _run_once(conn, operation)
-                if wrote_events:
-                    self._events_committed()
-                return outcome
-            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
-                raise _wait_over(timeouts.lock_set_by_deadline) from None
-            except (
-                pg_errors.SerializationFailure,
-                pg_errors.DeadlockDetected,
-                StartAgain,
-            ) as error:
-                await _before_retry(attempt, call, error)
-            except pg_errors.UniqueViolation as error:
-                if error.diag.constraint_name not in ONE_USE_PER_KEY:
-                    raise
-                # Another request with this key committed first: the next claim replays it.
-                await _before_retry(attempt, call, error)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                if not connection_lost(error):
-                    raise
-                # Perhaps committed, perhaps not: the next attempt's claim finds out.
-                await _before_retry(attempt, call, error)
-        raise AssertionError("every attempt either returns or raises")
+                self._timeouts[id(member)] = timeouts_for(member.call, limits)  # type: ignore[arg-type]
+            except ServiceError as error:  # cancelled or out of time while it waited
+                member.settle(error)
+                continue
+            self.members.append(member)
+        operations = [member.operation for member in self.members]
+        self.lock_ms = min((t.lock_ms for t in self._timeouts.values()), default=1)
+        self.statement_ms = min((t.statement_ms for t in self._timeouts.values()), default=1)
+        self.claims = [
+            (op.principal.subject, op.key, op.fingerprint()) for op in operations if op.key
+        ]
+        self.wanted_wallets = _wanted(operations)
+        self.hold_ids = sorted({id_ for op in operations for id_ in op.hold_ids})
+        self.refunded_ids = sorted({id_ for op in operations for id_ in op.refunded_ids})
+
+    def lock_set_by_deadline(self, member: Waiting) -> bool:
+        timeouts = self._timeouts[id(member)]
+        return timeouts.lock_set_by_deadline and timeouts.lock_ms == self.lock_ms
+
+    def seconds_left(self) -> float | None:
+        """The least time any member's deadline leaves."""
+        left = [member.call.time_remaining() for member in self.members]  # type: ignore[attr-defined]
+        known = [seconds for seconds in left if seconds is not None]
+        return min(known) if known else None
+
+    def settle_all(self, outcome: Callable[[Waiting], BaseException]) -> None:
+        for member in self.members:
+            member.settle(outcome(member))
 
 
-class StartAgain(Exception):
-    """A wallet this transaction just locked was written by a transaction with a larger id
-    (this one took its id before it waited for the lock). Writing now would put the wallet's
-    events out of transaction id order, which readers of the event stream rely on; a new
-    transaction gets a larger id."""
+def _wanted(operations: list[Operation]) -> dict[UUID, str | None]:
+    """Each wallet to lock, with the owner it must have: the owner all its operations ask
+    for, or any owner once one of them may use any (each is checked against the row later).
+    A wallet only a stranger asks for is not even locked, so a stranger cannot make its owner
+    wait."""
+    wanted: dict[UUID, str | None] = {}
+    for operation in operations:
+        for wallet_id, owner in operation.wallets().items():
+            if wallet_id not in wanted:
+                wanted[wallet_id] = owner
+            elif wanted[wallet_id] != owner:
+                wanted[wallet_id] = None
+    return dict(sorted(wanted.items()))
+
+
+async def _apply(
+    conn: store.Conn,
+    book: Book,
+    member: Waiting,
+    records: dict[tuple[str, str], idempotency.Record],
+) -> Message | ServiceError:
+    """One operation's outcome within the group's transaction."""
+    operation = member.operation
+    principal, key = operation.principal.subject, operation.key
+    request_hash = operation.fingerprint()
+    if key is not None:
+        record = records[(principal, key)]
+        if not record.claimed:
+            return await _replay(conn, operation, record)
+        if record.used_before:
+            answer = await operation.replay_stored(conn)
+            book.record(Outcome(principal, key, None, answer.SerializeToString()))
+            return answer
+    try:
+        for wallet_id, owner in operation.wallets().items():
+            wallet = book.wallets.get(wallet_id)
+            if wallet is None or (owner is not None and wallet.user_id != owner):
+                raise operation.wallet_not_found(wallet_id)
+        answer, transaction_id = operation.apply(book, request_hash)
+    except Refusal as refusal:
+        if key is not None:
+            book.record(
+                Outcome(
+                    principal,
+                    key,
+                    None,
+                    None,
+                    (refusal.reason, refusal.message, refusal.metadata),
+                )
+            )
+        return refusal
+    except ServiceError as error:
+        if key is not None:
+            book.release_key(principal, key)  # refused before it did anything: key unused
+        return error
+    if key is not None:
+        book.record(Outcome(principal, key, transaction_id, answer.SerializeToString()))
+    return answer
+
+
+async def _replay(
+    conn: store.Conn, operation: Operation, record: idempotency.Record
+) -> Message | ServiceError:
+    if record.request_hash != operation.fingerprint():
+        return already_exists(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this idempotency key was used for a different request; use a new key",
+        )
+    if record.status == "failed":
+        assert record.error_reason is not None and record.error_message is not None
+        return failed_precondition(
+            record.error_reason, record.error_message, **record.error_metadata
+        )
+    if record.response is not None:
+        return operation.response_type.FromString(record.response)
+    # Recorded before answers were kept: rebuilt from the ledger, as after a clean-up.
+    return await operation.replay_stored(conn)
+
+
+def _locked(row: wallets_store.LockedRow) -> LockedWallet:
+    wallet = row.wallet
+    return LockedWallet(
+        id=wallet.id,
+        user_id=wallet.user_id,
+        currency=wallet.currency,
+        balance=wallet.balance,
+        held=wallet.held,
+        last_sequence=row.last_sequence,
+        status=wallet.status,
+        status_reason=wallet.status_reason,
+        status_changed_at=wallet.status_changed_at,
+        created_at=wallet.created_at,
+        metadata=wallet.metadata,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -273,103 +437,25 @@ def connection_lost(error: psycopg.Error) -> bool:
     return error.sqlstate is None or error.sqlstate[:2] in ("08", "57")
 
 
-async def _before_retry(attempt: int, call: Call, error: Exception) -> None:
-    """Waits a little before the next attempt, or gives up with a status that tells the
-    client the outcome is unknown (retry with the same key)."""
-    remaining = call.time_remaining()
+async def _given_up(attempt: int, group: _Group, error: Exception) -> bool:
+    """Waits a little before the next attempt (False), or settles every member with a status
+    that tells the client the outcome is unknown, to retry with the same key (True)."""
+    remaining = group.seconds_left()
     if attempt < MAX_ATTEMPTS and (remaining is None or remaining > MIN_USABLE_SECONDS * 10):
         await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
-        return
+        return False
     if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) and connection_lost(
         error
     ):
-        raise unavailable(
-            "DATABASE_UNAVAILABLE", "database unavailable; retry with the same key"
-        ) from None
-    raise aborted(
-        "CONCURRENT_UPDATE", "lost a race with concurrent updates; retry with the same key"
-    ) from None
-
-
-async def _run_once(conn: store.Conn, operation: Operation) -> tuple[Message | ServiceError, bool]:
-    """The operation's outcome, and whether it wrote events."""
-    principal, key = operation.principal.subject, operation.key
-    request_hash = operation.fingerprint()
-    if key is not None:
-        record = await idempotency.claim(conn, principal, key, request_hash)
-        if not record.claimed:
-            return await _replay(conn, operation, record), False
-        if record.used_before:
-            answer = await operation.replay_stored(conn)
-            await idempotency.record_success(conn, principal, key, None, answer.SerializeToString())
-            return answer, False
-    book = await _lock(conn, operation)
-    try:
-        answer, transaction_id = operation.apply(book, request_hash)
-    except Refusal as refusal:
-        if key is None:
-            raise
-        await idempotency.record_failure(
-            conn, principal, key, refusal.reason, refusal.message, refusal.metadata
+        group.settle_all(
+            lambda _: unavailable(
+                "DATABASE_UNAVAILABLE", "database unavailable; retry with the same key"
+            )
         )
-        return refusal, False
-    if key is not None:
-        book.record(Outcome(principal, key, transaction_id, answer.SerializeToString()))
-    writes = book.final_writes()
-    await ledger_store.write(conn, writes)
-    return answer, bool(writes.events)
-
-
-async def _replay(
-    conn: store.Conn, operation: Operation, record: idempotency.Record
-) -> Message | ServiceError:
-    if record.request_hash != operation.fingerprint():
-        raise already_exists(
-            "IDEMPOTENCY_KEY_REUSED",
-            "this idempotency key was used for a different request; use a new key",
+    else:
+        group.settle_all(
+            lambda _: aborted(
+                "CONCURRENT_UPDATE", "lost a race with concurrent updates; retry with the same key"
+            )
         )
-    if record.status == "failed":
-        assert record.error_reason is not None and record.error_message is not None
-        return failed_precondition(
-            record.error_reason, record.error_message, **record.error_metadata
-        )
-    if record.response is not None:
-        return operation.response_type.FromString(record.response)
-    # Recorded before answers were kept: rebuilt from the ledger, as after a clean-up.
-    return await operation.replay_stored(conn)
-
-
-async def _lock(conn: store.Conn, operation: Operation) -> Book:
-    """Takes the operation's locks in the global order: wallets by ascending id, then holds,
-    then refunded totals. A wallet it may not use is not even locked: it looks absent."""
-    wanted = operation.wallets()
-    rows, at = await wallets_store.lock_wallets(conn, wanted)
-    for wallet_id in wanted:
-        if wallet_id not in rows:
-            raise operation.wallet_not_found(wallet_id)
-    if any(row.newer_change for row in rows.values()):
-        raise StartAgain
-    assert at is not None
-    book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
-    if operation.hold_ids:
-        book.holds = await holds_store.lock_holds(conn, operation.hold_ids)
-    if operation.refunded_ids:
-        book.refunded = await ledger_store.lock_refunded_amounts(conn, operation.refunded_ids)
-    return book
-
-
-def _locked(row: wallets_store.LockedRow) -> LockedWallet:
-    wallet = row.wallet
-    return LockedWallet(
-        id=wallet.id,
-        user_id=wallet.user_id,
-        currency=wallet.currency,
-        balance=wallet.balance,
-        held=wallet.held,
-        last_sequence=row.last_sequence,
-        status=wallet.status,
-        status_reason=wallet.status_reason,
-        status_changed_at=wallet.status_changed_at,
-        created_at=wallet.created_at,
-        metadata=wallet.metadata,
-    )
+    return True

@@ -2,9 +2,10 @@
 connection; the caller owns the transaction. Tables live in the `wallet` schema
 (migrations/wallet/)."""
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
 
 Conn = AsyncConnection[Any]
@@ -22,9 +23,35 @@ async def all_rows(conn: Conn, query: str, params: Any = None) -> list[dict[str,
         return await cursor.fetchall()
 
 
-async def set_local_timeouts(conn: Conn, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
-    """Bounds lock waits and statements for the rest of this transaction."""
+async def send_local_timeouts(conn: Conn, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
+    """Bounds lock waits and statements for the rest of this transaction (sent with what
+    follows: no round trip of its own in a pipeline)."""
     await conn.execute(
         "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
         (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"),
     )
+
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """A query sent (in a pipeline, possibly not yet answered) whose rows are read later;
+    reading them makes the pipeline send everything queued and wait for the answers."""
+
+    def __init__(
+        self, cursor: AsyncCursor[dict[str, Any]], convert: Callable[[list[dict[str, Any]]], T]
+    ) -> None:
+        self._cursor = cursor
+        self._convert = convert
+
+    async def result(self) -> T:
+        return self._convert(await self._cursor.fetchall())
+
+
+async def send(
+    conn: Conn, query: str, params: Any, convert: Callable[[list[dict[str, Any]]], T]
+) -> Pending[T]:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(query, params)
+    return Pending(cursor, convert)

@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from wallet_service.models import Hold, HoldStatus
-from wallet_service.store import Conn, all_rows, one
+from wallet_service.store import Conn, Pending, all_rows, one, send
 from wallet_service.store import wallets as wallets_store
 
 HOLD_COLUMNS = (
@@ -27,14 +27,14 @@ async def get_hold(conn: Conn, hold_id: UUID) -> Hold | None:
     return hold_from_row(row) if row else None
 
 
-async def lock_holds(conn: Conn, hold_ids: list[UUID]) -> dict[UUID, Hold]:
-    """Locks holds in ascending id order; taken after their wallets' locks."""
-    rows = await all_rows(
+async def send_lock(conn: Conn, hold_ids: list[UUID]) -> Pending[dict[UUID, Hold]]:
+    """Locks holds in ascending id order; sent after their wallets' locks."""
+    return await send(
         conn,
         f"SELECT {HOLD_COLUMNS} FROM wallet.holds h WHERE h.id = ANY(%s) ORDER BY h.id FOR UPDATE",
         (hold_ids,),
+        lambda rows: {row["id"]: hold_from_row(row) for row in rows},
     )
-    return {row["id"]: hold_from_row(row) for row in rows}
 
 
 async def hold_created_with(conn: Conn, requested_by: str, key: str) -> tuple[Hold, str] | None:
@@ -126,14 +126,4 @@ async def lock_expired(
     expired: dict[UUID, int] = {}
     for hold in holds:
         expired[hold.wallet_id] = expired.get(hold.wallet_id, 0) + hold.amount
-    locked = {
-        row["id"]: wallets_store.LockedRow(
-            wallet=wallets_store.wallet_from_row(
-                {**row, "held": row["held"] - expired.get(row["id"], 0)}
-            ),
-            last_sequence=row["last_sequence"],
-            newer_change=False,
-        )
-        for row in rows
-    }
-    return locked, at, holds
+    return wallets_store.locked_rows(rows, expired), at, holds

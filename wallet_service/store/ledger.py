@@ -10,7 +10,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from wallet_service.models import Hold, LedgerEntry, Transaction, TransactionType, WalletStatus
-from wallet_service.store import Conn, all_rows, one
+from wallet_service.store import Conn, Pending, all_rows, one, send
 
 TRANSACTION_COLUMNS = (
     "t.id, t.type, t.amount, t.currency, t.source_wallet_id, t.destination_wallet_id,"
@@ -135,18 +135,18 @@ async def list_ledger_entries(
     ]
 
 
-async def lock_refunded_amounts(conn: Conn, transaction_ids: list[UUID]) -> dict[UUID, int]:
+async def send_lock_refunded(conn: Conn, transaction_ids: list[UUID]) -> Pending[dict[UUID, int]]:
     """Locks (creating it at 0 if need be) each transaction's refunded total, in ascending id
-    order; taken after the wallets' locks. Concurrent refunds of one transaction wait here."""
-    rows = await all_rows(
+    order; sent after the wallets' locks. Concurrent refunds of one transaction wait here."""
+    return await send(
         conn,
         "INSERT INTO wallet.refunded_amounts AS r (transaction_id, amount)"
         " SELECT id, 0 FROM unnest(%s::uuid[]) AS ids (id) ORDER BY id"
         " ON CONFLICT (transaction_id) DO UPDATE SET amount = r.amount"
         " RETURNING r.transaction_id, r.amount",
         (transaction_ids,),
+        lambda rows: {row["transaction_id"]: row["amount"] for row in rows},
     )
-    return {row["transaction_id"]: row["amount"] for row in rows}
 
 
 # --- writing what a database transaction of the engine did ----------------------------------
@@ -203,12 +203,13 @@ class Event:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A key's first outcome, as recorded under it."""
+    """A key's first outcome, as recorded under it: the answer, or a refusal."""
 
     principal: str
     key: str
     transaction_id: UUID | None
-    response: bytes
+    response: bytes | None  # None for a refusal
+    refusal: tuple[str, str, dict[str, str]] | None = None  # reason, message, metadata
 
 
 @dataclass
@@ -222,6 +223,7 @@ class Writes:
     status_changes: list[StatusChange] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    released_keys: list[tuple[str, str]] = field(default_factory=list)  # claimed, then unused
 
 
 # One statement for everything: each part is a no-op when its arrays are empty. A wallet
@@ -266,11 +268,20 @@ WITH new_transactions AS (
     FROM unnest(%(r_id)s::uuid[], %(r_amount)s::bigint[]) AS f (id, amount)
     WHERE r.transaction_id = f.id
 ), outcomes AS (
-    UPDATE wallet.idempotency_keys k SET status = 'succeeded',
-        transaction_id = o.transaction_id, response = o.response
+    UPDATE wallet.idempotency_keys k
+    SET status = CASE WHEN o.response IS NULL THEN 'failed' ELSE 'succeeded' END,
+        transaction_id = o.transaction_id, response = o.response,
+        error_reason = o.reason, error_message = o.message,
+        error_metadata = coalesce(o.metadata, '{}')
     FROM unnest(%(o_principal)s::text[], %(o_key)s::text[], %(o_transaction)s::uuid[],
-        %(o_response)s::bytea[]) AS o (principal, key, transaction_id, response)
+        %(o_response)s::bytea[], %(o_reason)s::text[], %(o_message)s::text[],
+        %(o_metadata)s::jsonb[])
+        AS o (principal, key, transaction_id, response, reason, message, metadata)
     WHERE k.principal = o.principal AND k.key = o.key
+), released AS (
+    DELETE FROM wallet.idempotency_keys k
+    USING unnest(%(r_principal)s::text[], %(r_key)s::text[]) AS r (principal, key)
+    WHERE k.principal = r.principal AND k.key = r.key AND k.status = 'pending'
 ), status_changes AS (
     INSERT INTO wallet.wallet_status_changes (wallet_id, old_status, new_status, reason,
         changed_by, changed_at)
@@ -294,15 +305,16 @@ WITH new_transactions AS (
     WHERE w.id = c.id AND w.last_sequence = c.last_sequence_before
     RETURNING w.id
 )
-SELECT count(*) AS wallets FROM changed_wallets
+SELECT wallet.check(count(*) = %(wallets)s,
+    'a locked wallet changed under the engine; nothing was written') FROM changed_wallets
 """
 
 
-async def write(conn: Conn, writes: Writes) -> None:
-    """Writes everything at once; raises if a wallet changed behind the engine's back (it
+async def send_write(conn: Conn, writes: Writes) -> Pending[None]:
+    """Writes everything at once; fails if a wallet changed behind the engine's back (it
     cannot while its row lock is held: this is the last line of defence)."""
     transactions = [transaction for transaction, _ in writes.transactions]
-    row = await one(
+    return await send(
         conn,
         WRITE,
         {
@@ -353,6 +365,9 @@ async def write(conn: Conn, writes: Writes) -> None:
             "o_key": [o.key for o in writes.outcomes],
             "o_transaction": [o.transaction_id for o in writes.outcomes],
             "o_response": [o.response for o in writes.outcomes],
+            "o_reason": [o.refusal[0] if o.refusal else None for o in writes.outcomes],
+            "o_message": [o.refusal[1] if o.refusal else None for o in writes.outcomes],
+            "o_metadata": [Jsonb(o.refusal[2]) if o.refusal else None for o in writes.outcomes],
             "w_id": [c.wallet_id for c in writes.wallets],
             "w_balance": [c.balance for c in writes.wallets],
             "w_held": [c.held for c in writes.wallets],
@@ -373,8 +388,9 @@ async def write(conn: Conn, writes: Writes) -> None:
             "v_type": [e.type for e in writes.events],
             "v_payload": [e.payload for e in writes.events],
             "v_at": [e.created_at for e in writes.events],
+            "wallets": len(writes.wallets),
+            "r_principal": [principal for principal, _ in writes.released_keys],
+            "r_key": [key for _, key in writes.released_keys],
         },
+        lambda rows: None,
     )
-    assert row is not None
-    if row["wallets"] != len(writes.wallets):
-        raise RuntimeError("a locked wallet changed under the engine; nothing was written")

@@ -8,7 +8,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from wallet_service.models import Metadata, Wallet, WalletStatus
-from wallet_service.store import Conn, all_rows, one
+from wallet_service.store import Conn, Pending, all_rows, one, send
 
 # `held` counts live holds only: those past their expiry (swept or not) no longer count.
 LIVE_HELD = """(SELECT coalesce(sum(h.amount), 0)::bigint FROM wallet.holds h
@@ -76,17 +76,17 @@ async def list_wallets(
 
 @dataclass(frozen=True)
 class LockedRow:
-    wallet: Wallet  # `held` as stored: live holds, and any past expiry not yet swept
+    wallet: Wallet  # `held`: live holds only
     last_sequence: int
     newer_change: bool  # a transaction with a larger id wrote to it before this one
 
 
 # Locks the wanted wallets in ascending id order (the sort runs before the row locks are
 # taken), each only if its owner matches when one is given: another user's wallet is
-# neither returned nor locked nor waited for. Also reads the clock the movement runs at, and
-# whether a transaction with a larger id than this one's already wrote to the wallet.
+# neither returned nor locked nor waited for. Also says whether a transaction with a larger
+# id than this one's already wrote to the wallet.
 LOCK_WALLETS = f"""
-SELECT {OWN_COLUMNS}, w.held, w.last_sequence, clock_timestamp() AS at,
+SELECT {OWN_COLUMNS}, w.held, w.last_sequence,
     coalesce(w.last_xid > pg_current_xact_id(), false) AS newer_change
 FROM wallet.wallets w
 JOIN unnest(%(ids)s::uuid[], %(owners)s::text[]) AS wanted (id, owner)
@@ -95,38 +95,43 @@ ORDER BY w.id
 FOR UPDATE OF w
 """
 
-# Holds past their expiry that the sweep has not marked yet: they no longer count. Read
-# after the wallets are locked, so it sees every hold their earlier holders made.
-EXPIRED_UNSWEPT = """
-SELECT wallet_id, sum(amount) AS amount FROM wallet.holds
-WHERE wallet_id = ANY(%(ids)s) AND status = 'held' AND expires_at <= %(at)s
-GROUP BY wallet_id
+# The instant the operations run at, read once their locks are held, and each wallet's holds
+# past their expiry by then that the sweep has not marked yet: they no longer count.
+CLOCK_AND_EXPIRED = """
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at)
+SELECT clock.at, h.wallet_id, sum(h.amount) AS amount
+FROM clock LEFT JOIN wallet.holds h
+    ON h.wallet_id = ANY(%(ids)s) AND h.status = 'held' AND h.expires_at <= clock.at
+GROUP BY clock.at, h.wallet_id
 """
 
 
-async def lock_wallets(
-    conn: Conn, wanted: dict[UUID, str | None]
-) -> tuple[dict[UUID, LockedRow], datetime | None]:
-    """Locks the wallets of `wanted` (id -> required owner or None); returns those found and
-    the instant the locks were taken (None if none was found). Holds past their expiry by
-    then are left out of each wallet's `held`."""
-    rows = await all_rows(
-        conn, LOCK_WALLETS, {"ids": list(wanted), "owners": list(wanted.values())}
+async def send_lock(conn: Conn, wanted: dict[UUID, str | None]) -> Pending[list[dict[str, Any]]]:
+    """Locks the wallets of `wanted` (id -> required owner, or None for any)."""
+    return await send(
+        conn, LOCK_WALLETS, {"ids": list(wanted), "owners": list(wanted.values())}, list
     )
-    if not rows:
-        return {}, None
-    at = rows[0]["at"]
-    expired = {}
-    with_holds = [row["id"] for row in rows if row["held"]]
-    if with_holds:
-        for row in await all_rows(conn, EXPIRED_UNSWEPT, {"ids": with_holds, "at": at}):
-            expired[row["wallet_id"]] = int(row["amount"])
-    locked = {
+
+
+async def send_clock(
+    conn: Conn, wallet_ids: list[UUID]
+) -> Pending[tuple[datetime, dict[UUID, int]]]:
+    """Sent after the locks: (the instant, the expired unswept amount of each wallet)."""
+    return await send(conn, CLOCK_AND_EXPIRED, {"ids": wallet_ids}, _clock)
+
+
+def _clock(rows: list[dict[str, Any]]) -> tuple[datetime, dict[UUID, int]]:
+    expired = {row["wallet_id"]: int(row["amount"]) for row in rows if row["wallet_id"]}
+    return rows[0]["at"], expired
+
+
+def locked_rows(rows: list[dict[str, Any]], expired: dict[UUID, int]) -> dict[UUID, LockedRow]:
+    """The locked wallets, with holds past their expiry left out of `held`."""
+    return {
         row["id"]: LockedRow(
             wallet=wallet_from_row({**row, "held": row["held"] - expired.get(row["id"], 0)}),
             last_sequence=row["last_sequence"],
-            newer_change=row["newer_change"],
+            newer_change=row.get("newer_change", False),
         )
         for row in rows
     }
-    return locked, at

@@ -1,0 +1,140 @@
+"""Operations of this process that wait for the same wallet run together, as one group.
+
+An operation whose wallets no transaction of this process is using runs at once, alone.
+Otherwise it waits; when a wallet frees, the waiting operations that touch it leave together,
+in arrival order, as one group: the engine runs a group as one database transaction that takes
+each row lock once, so a hot wallet serves a whole queue per commit instead of one operation.
+
+Waiting operations keep their place: a later one never overtakes an earlier one on a wallet
+they share, so none starves. Groups on disjoint wallets run side by side. The database's row
+locks still decide between processes; this only orders what one process sends.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from google.protobuf.message import Message
+
+from wallet_service.engine.operations.base import Operation
+
+# The most operations one transaction applies: bounds how long its row locks are held.
+MAX_GROUP = 64
+
+
+@dataclass(eq=False)
+class Waiting:
+    """An operation on its way: in the queue, then in a group whose runner settles `answer`."""
+
+    operation: Operation
+    call: object  # the RPC's context (engine.runner.Call)
+    wallets: frozenset[UUID]
+    answer: asyncio.Future[Message] = field(default_factory=asyncio.Future)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        key = self.operation.key
+        return None if key is None else (self.operation.principal.subject, key)
+
+    def settle(self, outcome: Message | BaseException) -> None:
+        if self.answer.done():
+            return
+        if isinstance(outcome, BaseException):
+            self.answer.set_exception(outcome)
+        else:
+            self.answer.set_result(outcome)
+
+
+RunGroup = Callable[[list[Waiting]], Awaitable[None]]
+
+
+class Combiner:
+    def __init__(self, run_group: RunGroup) -> None:
+        self._run_group = run_group  # settles every member's answer
+        self._queue: list[Waiting] = []
+        self._busy: set[UUID] = set()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, waiting: Waiting, turn_seconds: float, gave_up: Callable[[], Exception]
+    ) -> Message:
+        """The operation's answer. It waits for its turn at most `turn_seconds`; then
+        `gave_up()` is raised, and the operation was not started."""
+        # Nobody retrieves the answer of a caller that went away: say it was looked at.
+        waiting.answer.add_done_callback(lambda answer: answer.cancelled() or answer.exception())
+        if not self._queue and not waiting.wallets & self._busy:
+            await self._run_alone(waiting)  # the uncontended path: no task, no queue
+            return waiting.answer.result()
+        self._queue.append(waiting)
+        self._dispatch()
+        try:
+            if not waiting.started.is_set():
+                try:
+                    async with asyncio.timeout(turn_seconds):
+                        await waiting.started.wait()
+                except TimeoutError:
+                    if not waiting.started.is_set():
+                        raise gave_up() from None
+            return await asyncio.shield(waiting.answer)
+        finally:
+            if not waiting.started.is_set():  # gave up or cancelled while queued
+                self._queue.remove(waiting)
+                self._dispatch()
+
+    async def _run_alone(self, waiting: Waiting) -> None:
+        waiting.started.set()
+        self._busy |= waiting.wallets
+        try:
+            await self._run_group([waiting])
+        finally:
+            self._busy -= waiting.wallets
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Starts every group that can run now, in arrival order."""
+        blocked = set(self._busy)  # and the wallets of earlier operations still waiting
+        groups: list[tuple[list[Waiting], set[UUID], set[tuple[str, str] | None]]] = []
+        for waiting in self._queue:
+            wallets = waiting.wallets
+            if wallets & blocked:
+                blocked |= wallets
+                continue
+            sharing = [group for group in groups if group[1] & wallets]
+            if not sharing:
+                groups.append(([waiting], set(wallets), {waiting.key}))
+                continue
+            members, group_wallets, keys = sharing[0]
+            # One group per wallet; a key once per transaction (its claim locks its row).
+            if (
+                len(sharing) > 1
+                or len(members) >= MAX_GROUP
+                or (waiting.key is not None and waiting.key in keys)
+            ):
+                blocked |= wallets
+                continue
+            members.append(waiting)
+            group_wallets |= wallets
+            keys.add(waiting.key)
+        for members, group_wallets, _ in groups:
+            for waiting in members:
+                self._queue.remove(waiting)
+                waiting.started.set()
+            self._busy |= group_wallets
+            task = asyncio.create_task(self._run(members, group_wallets))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, members: list[Waiting], wallets: set[UUID]) -> None:
+        try:
+            await self._run_group(members)
+        finally:
+            self._busy -= wallets
+            self._dispatch()
+
+    async def stop(self) -> None:
+        for task in list(self._running):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
