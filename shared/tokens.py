@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,9 @@ KEY_TYPES: dict[str, type] = {
     "RS256": rsa.RSAPublicKey,
 }
 MAX_TOKEN_LENGTH = 8192
+# Verified tokens kept (about 1 KB each): a process serving 10,000 callers at once still
+# checks each signature once per token.
+MAX_VERIFIED_TOKENS = 10_000
 DAY = 86400
 
 
@@ -71,6 +75,13 @@ class Principal:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class _Verified:
+    principal: Principal
+    key_id: str
+    expires_at: float  # the token's `exp`
 
 
 @dataclass(frozen=True)
@@ -111,18 +122,48 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None  # a background refresh under way
         self._refresher: asyncio.Task[None] | None = None  # the periodic refresh, once started
+        # Tokens whose signature was checked, most recently used last: a client sends the same
+        # token with every call until it expires, and EdDSA is most of a check's cost.
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None and self._still_good(cached):
+            self._verified.move_to_end(token)
+            return cached.principal
         header = _unverified_header(token)
         key = await self._trusted_key(header["kid"])
         if header.get("alg") != key.algorithm:
             raise _invalid("token algorithm does not match its key")
-        principal = _principal(self._decode(token, key))
+        claims = self._decode(token, key)
+        principal = _principal(claims)
+        self._check_not_revoked(principal)
+        self._remember(token, _Verified(principal, key.key_id, float(claims["exp"])))
+        return principal
+
+    def _still_good(self, verified: "_Verified") -> bool:
+        """A token verified before may skip the signature check, but not the rest: it must not
+        have expired, its key must still be trusted, and revocations apply on every call."""
+        if time.time() > verified.expires_at + self._leeway:
+            return False
+        key = self._keys.get(verified.key_id)
+        if key is None or verified.key_id in self._revocations.key_ids:
+            return False
+        if verified.expires_at > key.expires_at + self._leeway:  # its key retired since
+            return False
+        self._check_not_revoked(verified.principal)
+        return True
+
+    def _check_not_revoked(self, principal: Principal) -> None:
         if principal.subject in self._revocations.subjects:
             raise _revoked("this account's access tokens were revoked")
         if principal.session_id in self._revocations.session_ids:
             raise _revoked("the session of this access token has ended")
-        return principal
+
+    def _remember(self, token: str, verified: "_Verified") -> None:
+        self._verified[token] = verified
+        if len(self._verified) > MAX_VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
 
     def start(self) -> None:
         """Refreshes keys and revocations every `refresh_interval_seconds` from now on."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import jwt
 import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -506,3 +507,27 @@ def test_two_authorization_entries_are_refused(metadata: Any) -> None:
         grpc.StatusCode.UNAUTHENTICATED,
         "INVALID_TOKEN",
     )
+
+
+async def test_a_token_seen_before_skips_the_signature_check_but_not_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signer = new_signer()
+    verifier = verifier_on(KeySource(signer.published()), leeway_seconds=0)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = signer.sign(claims())
+    for _ in range(5):
+        await verifier.verify(token)
+    assert len(decoded) == 1
+    now = int(time.time())
+    short_lived = signer.sign(claims(iat=now - 10, nbf=now - 10, exp=now + 1))
+    await verifier.verify(short_lived)
+    await asyncio.sleep(1.5)
+    await assert_refused(verifier, short_lived, "TOKEN_EXPIRED")
