@@ -1,18 +1,19 @@
-"""`python -m auth_service`: migrate, then serve until SIGINT/SIGTERM."""
+"""`python -m auth_service`: migrate, then serve until SIGINT/SIGTERM (as several workers
+on one port when AUTH_WORKERS says so: shared/workers.py)."""
 
-import asyncio
+import sys
 
 from auth_service.config import AuthSettings
 from auth_service.server import start
 from shared.config import load_settings
 from shared.logs import configure_logging
-from shared.metrics import serve_metrics
 from shared.migrations import migrate
 from shared.server import serve_until_signal
+from shared.workers import Worker, run_service, this_worker, workers_for
 
 
-async def _serve(settings: AuthSettings) -> None:
-    running = await start(settings)
+async def _serve(settings: AuthSettings, worker: Worker) -> None:
+    running = await start(settings, worker)
     await serve_until_signal(
         running, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds
     )
@@ -21,10 +22,12 @@ async def _serve(settings: AuthSettings) -> None:
 def main() -> None:
     settings = load_settings(AuthSettings)
     configure_logging("auth", settings.log_level)
-    if settings.auto_migrate:
-        migrate(settings.database_url, "auth")
-    serve_metrics(settings.auth_metrics_port, settings.auth_metrics_host)
-    asyncio.run(_serve(settings))
+    count = workers_for(settings.auth_workers)
+    worker = this_worker(count)
+    if settings.auto_migrate and (worker is None or not worker.shares_port):
+        migrate(settings.database_url, "auth")  # once, by the supervisor of several
+    metrics = (settings.auth_metrics_host, settings.auth_metrics_port)
+    sys.exit(run_service("auth_service", worker, count, lambda w: _serve(settings, w), metrics))
 
 
 if __name__ == "__main__":

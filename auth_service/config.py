@@ -12,6 +12,8 @@ DAY = 24 * 3600
 class AuthSettings(CommonSettings, ServerTransportSettings):
     auth_host: str = "[::]"
     auth_port: int = Field(50051, ge=0, le=65535)
+    # Worker processes sharing the port (SO_REUSEPORT); 0 means one per core.
+    auth_workers: int = Field(0, ge=0, le=64)
     # Prometheus /metrics over HTTP; 0 turns it off. Loopback only unless told otherwise.
     auth_metrics_port: int = Field(9051, ge=0, le=65535)
     auth_metrics_host: str = Field("127.0.0.1", min_length=1)

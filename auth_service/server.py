@@ -24,13 +24,14 @@ from shared.listener import Listener
 from shared.server import RunningServer, start_server
 from shared.tokens import TokenVerifier
 from shared.transport import server_transport
+from shared.workers import ALONE, Worker
 
 log = logging.getLogger(__name__)
 # ASVS V2.2.1: no more than 100 failed attempts an hour on one account.
 ASVS_MAX_FAILURES_PER_HOUR = 100
 
 
-async def start(settings: AuthSettings) -> RunningServer:
+async def start(settings: AuthSettings, worker: Worker = ALONE) -> RunningServer:
     pool = await open_pool(
         settings.database_url,
         min_size=settings.db_pool_min_size,
@@ -90,18 +91,26 @@ async def start(settings: AuthSettings) -> RunningServer:
         max_token_lifetime_seconds=settings.access_token_ttl_seconds,
     )
     verifier.start()
-    cleanup = asyncio.create_task(
-        delete_ended_windows_periodically(
-            pool,
-            max(settings.login_throttle_window_seconds, settings.register_throttle_window_seconds),
-            settings.login_trusted_address_days,
+    background = []
+    if worker.runs_background_jobs:
+        background.append(
+            asyncio.create_task(
+                delete_ended_windows_periodically(
+                    pool,
+                    max(
+                        settings.login_throttle_window_seconds,
+                        settings.register_throttle_window_seconds,
+                    ),
+                    settings.login_trusted_address_days,
+                )
+            )
         )
-    )
 
     async def stop_background_work() -> None:
-        cleanup.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleanup
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await key_changes.stop()
         await verifier.close()
         passwords.close()
@@ -121,6 +130,7 @@ async def start(settings: AuthSettings) -> RunningServer:
         health_check_interval=settings.health_check_interval_seconds,
         on_stop=[stop_background_work],
         transport=server_transport(settings),
+        reuse_port=worker.shares_port,
     )
 
 

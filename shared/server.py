@@ -66,6 +66,7 @@ async def start_server(
     health_check_interval: float = 5.0,
     on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     transport: ServerTransport | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     transport = transport or ServerTransport()  # plaintext, gRPC's own limits
     server = grpc.aio.server(
@@ -76,7 +77,8 @@ async def start_server(
             # Innermost, so that a malformed call without a token is UNAUTHENTICATED first.
             MalformedRequestInterceptor(service_name),
         ],
-        options=[("grpc.so_reuseport", 0), *transport.options],
+        # Several workers of one service share its port; otherwise a taken port is an error.
+        options=[("grpc.so_reuseport", int(reuse_port)), *transport.options],
         maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
     add_servicer(server)

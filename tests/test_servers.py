@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -230,3 +231,55 @@ async def test_sigterm_says_not_serving_first_and_keeps_serving_while_draining(
     finally:
         if process.returncode is None:
             process.kill()
+
+
+async def test_several_workers_share_one_port_and_one_metrics_endpoint(database_url: str) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "AUTH_HOST": "127.0.0.1",
+        "AUTH_PORT": str(port),
+        "AUTH_METRICS_PORT": str(metrics_port),
+        "AUTH_WORKERS": "2",
+        "SHUTDOWN_DRAIN_SECONDS": "0",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auth_service", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await wait_until_serving(port)
+        workers = await asyncio.to_thread(child_pids, process.pid)
+        assert len(workers) == 2
+        # Each channel is one connection, kept on one worker: several channels reach both.
+        for _ in range(20):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await auth_pb2_grpc.AuthServiceStub(channel).GetPublicKeys(
+                    auth_pb2.GetPublicKeysRequest(), timeout=5
+                )
+        metrics = await asyncio.to_thread(scrape, metrics_port)
+        line = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith("grpc_server_handled_total")
+            and "GetPublicKeys" in line
+            and 'grpc_code="OK"' in line
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 20  # both workers' counts, added up
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=30)
+        assert process.returncode == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # noqa: ASYNC240
+    finally:
+        if process.returncode is None:
+            process.kill()
+
+
+def child_pids(parent: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{parent}/task/{parent}/children") as children:
+            pids = [int(pid) for pid in children.read().split()]
+        if len(pids) >= 2 or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)

@@ -14,6 +14,8 @@ DAY = 24 * 3600
 class WalletSettings(CommonSettings, ServerTransportSettings, AuthClientSettings):
     wallet_host: str = "[::]"
     wallet_port: int = Field(50052, ge=0, le=65535)
+    # Worker processes sharing the port (SO_REUSEPORT); 0 means one per core.
+    wallet_workers: int = Field(0, ge=0, le=64)
     # Prometheus /metrics over HTTP; 0 turns it off. Loopback only unless told otherwise.
     wallet_metrics_port: int = Field(9052, ge=0, le=65535)
     wallet_metrics_host: str = Field("127.0.0.1", min_length=1)

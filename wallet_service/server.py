@@ -15,6 +15,7 @@ from shared.gen.wallet.v1 import wallet_pb2_grpc
 from shared.server import RunningServer, start_server
 from shared.tokens import TokenVerifier, grpc_key_source, grpc_revocation_source
 from shared.transport import auth_channel, server_transport
+from shared.workers import ALONE, Worker
 from wallet_service import page_tokens
 from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
@@ -37,7 +38,7 @@ AUTH_CHANNEL_OPTIONS = [
 ]
 
 
-async def start(settings: WalletSettings) -> RunningServer:
+async def start(settings: WalletSettings, worker: Worker = ALONE) -> RunningServer:
     pool = await open_pool(
         settings.database_url,
         min_size=settings.db_pool_min_size,
@@ -66,17 +67,22 @@ async def start(settings: WalletSettings) -> RunningServer:
         feed,
         WatchSettings(settings.watch_heartbeat_seconds, settings.event_retention_days),
     )
-    background = [
-        asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings)),
-        asyncio.create_task(_sweep_expired_holds_periodically(engine, settings)),
-        asyncio.create_task(_clean_events_periodically(pool, settings)),
-    ]
+    background = (
+        [
+            asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings)),
+            asyncio.create_task(_sweep_expired_holds_periodically(engine, settings)),
+            asyncio.create_task(_clean_events_periodically(pool, settings)),
+        ]
+        if worker.runs_background_jobs  # once per service, not once per worker
+        else []
+    )
 
     async def stop_background_work() -> None:
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await engine.stop()
         await feed.stop()
         await verifier.close()
         await channel_to_auth.close(grace=None)
@@ -92,6 +98,7 @@ async def start(settings: WalletSettings) -> RunningServer:
         health_check_interval=settings.health_check_interval_seconds,
         on_stop=[stop_background_work],
         transport=server_transport(settings),
+        reuse_port=worker.shares_port,
     )
 
 
