@@ -21,6 +21,7 @@ from wallet_service.authentication import AuthenticationInterceptor
 from wallet_service.config import SERVICE_NAME, WalletSettings
 from wallet_service.engine.runner import Engine, Limits
 from wallet_service.event_feed import EventFeed
+from wallet_service.metrics import sample_pool_periodically
 from wallet_service.servicer import WalletServicer, WatchSettings
 from wallet_service.store import events as events_store
 from wallet_service.store import idempotency
@@ -67,7 +68,7 @@ async def start(settings: WalletSettings, worker: Worker = ALONE) -> RunningServ
         feed,
         WatchSettings(settings.watch_heartbeat_seconds, settings.event_retention_days),
     )
-    background = (
+    background = [asyncio.create_task(sample_pool_periodically(pool))] + (
         [
             asyncio.create_task(_clean_idempotency_keys_periodically(pool, settings)),
             asyncio.create_task(_sweep_expired_holds_periodically(engine, settings)),

@@ -35,6 +35,7 @@ from wallet_service.messages import (
     transaction_message,
     wallet_message,
 )
+from wallet_service.metrics import EVENT_STREAMS
 from wallet_service.models import Hold, Transaction, TransactionType, Wallet
 from wallet_service.permissions import (
     can_use,
@@ -376,6 +377,21 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 await _usable_wallet(conn, principal, wallet_id)
             position = await self._start_position(conn, request.after_cursor)
         owner = None if sees_all else principal.subject
+        EVENT_STREAMS.inc()
+        try:
+            async for response in self._follow(position, owner, wallet_id, principal, sees_all):
+                yield response
+        finally:
+            EVENT_STREAMS.dec()
+
+    async def _follow(
+        self,
+        position: events_store.Position,
+        owner: str | None,
+        wallet_id: UUID | None,
+        principal: Principal,
+        sees_all: bool,
+    ) -> AsyncIterator[wallet_pb2.WatchEventsResponse]:
         heartbeat_due = time.monotonic() + self._watching.heartbeat_seconds
         while True:
             generation = self._feed.generation

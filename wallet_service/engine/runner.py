@@ -54,11 +54,12 @@ from wallet_service import store
 from wallet_service.engine.book import Book, LockedWallet
 from wallet_service.engine.combiner import Combiner, Waiting
 from wallet_service.engine.operations.base import Operation, Refusal
+from wallet_service.metrics import record_committed
 from wallet_service.store import holds as holds_store
 from wallet_service.store import idempotency
 from wallet_service.store import ledger as ledger_store
 from wallet_service.store import wallets as wallets_store
-from wallet_service.store.ledger import Outcome
+from wallet_service.store.ledger import Outcome, Writes
 
 # Lost races are retried this many times at most (always within the client's deadline): a
 # hot wallet in SERIALIZABLE mode makes every waiting transaction lose to the one before it.
@@ -179,7 +180,7 @@ class Engine:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
-                    outcomes, wrote_events = await self._transaction(conn, group)
+                    outcomes, writes = await self._transaction(conn, group)
             except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
                 group.settle_all(lambda member: _wait_over(group.lock_set_by_deadline(member)))
                 return
@@ -207,7 +208,8 @@ class Engine:
             except Exception as error:  # a bug: it must still settle every member
                 return await self._one_by_one(group, error)
             else:
-                if wrote_events:
+                record_committed(writes)
+                if writes.events:
                     self._events_committed()
                 for member, outcome in zip(group.members, outcomes, strict=True):
                     member.settle(outcome)
@@ -225,8 +227,8 @@ class Engine:
 
     async def _transaction(
         self, conn: store.Conn, group: "_Group"
-    ) -> tuple[list[Message | ServiceError], bool]:
-        """The group's transaction: every member's outcome, and whether events were written."""
+    ) -> tuple[list[Message | ServiceError], Writes]:
+        """The group's transaction: every member's outcome, and what it wrote."""
         async with (
             isolation(conn, self._limits.serializable),
             conn.pipeline(),
@@ -259,7 +261,7 @@ class Engine:
             writes = book.final_writes()
             # The second: the write, then COMMIT as the block ends.
             await ledger_store.send_write(conn, writes)
-        return outcomes, bool(writes.events)
+        return outcomes, writes
 
     async def sweep_expired_holds(self, limit: int = 500) -> int:
         """Marks holds past their expiry as EXPIRED, with their events; returns how many.
@@ -278,7 +280,9 @@ class Engine:
             book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
             for hold in holds:
                 book.expire_hold(hold)
-            await (await ledger_store.send_write(conn, book.final_writes())).result()
+            writes = book.final_writes()
+            await (await ledger_store.send_write(conn, writes)).result()
+        record_committed(writes)
         self._events_committed()
         return len(holds)
 
