@@ -11,7 +11,6 @@ scenarios' ratios within one run, not absolute numbers across runs.
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,10 @@ from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from shared.migrations import SERVICES, migrate
 from tests.auth_helpers import register_and_login, service_token
 from tests.databases import admin_url, throwaway_database
+from tests.processes import free_port
 
 CALLS = int(os.environ.get("BENCH_CALLS", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_serving(port: int) -> None:
