@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tests.bank import CHECKER
 from tests.databases import terminate_backends
+from tests.private_postgres import PrivatePostgres, StopMode
+from tests.processes import ServiceProcess
 
 Fault = Callable[[], Awaitable[None]]
 
@@ -24,6 +26,8 @@ class Faults:
 
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
+        # What went wrong while injecting (a server that did not come back, an unclean exit).
+        self.problems: list[str] = []
 
     def add(self, what: str, times: int = 1) -> None:
         self.counts[what] += times
@@ -43,7 +47,10 @@ class Faults:
                     await asyncio.wait_for(stop.wait(), seconds * random.uniform(0.8, 1.2))
                 if stop.is_set():
                     return
-                await fault()
+                try:
+                    await fault()
+                except Exception as error:
+                    self.problems.append(f"{type(error).__name__}: {error}")
 
         task = asyncio.create_task(repeat())
         try:
@@ -60,5 +67,44 @@ def kill_backends(database_url: str, faults: Faults) -> Fault:
         ended = await asyncio.to_thread(terminate_backends, database_url, sparing=CHECKER)
         faults.add("backend kills")
         faults.add("connections terminated", ended)
+
+    return fault
+
+
+def kill_and_restart(process: ServiceProcess, faults: Faults) -> Fault:
+    """SIGKILLs the service (a crash), starts it again and waits until it serves."""
+
+    async def fault() -> None:
+        process.kill()
+        faults.add(f"{process.name} SIGKILLs")
+        process.start()
+        await process.wait_serving()
+
+    return fault
+
+
+def terminate_and_restart(process: ServiceProcess, faults: Faults) -> Fault:
+    """SIGTERMs the service during load, waits for its graceful exit (a problem unless it
+    exits 0), starts it again and waits until it serves."""
+
+    async def fault() -> None:
+        process.terminate()
+        faults.add(f"{process.name} SIGTERMs")
+        code = await process.wait_exit(60)
+        if code != 0:
+            faults.problems.append(f"{process.name} exited with {code} after SIGTERM")
+            process.kill()
+        process.start()
+        await process.wait_serving()
+
+    return fault
+
+
+def restart_postgres(server: PrivatePostgres, mode: StopMode, faults: Faults) -> Fault:
+    """Restarts the (private) PostgreSQL server: `fast` or `immediate` (a crash)."""
+
+    async def fault() -> None:
+        await asyncio.to_thread(server.restart, mode)
+        faults.add(f"postgres {mode} restarts")
 
     return fault
