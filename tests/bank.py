@@ -346,6 +346,7 @@ class Bank:
         self.operations: list[Operation] = []
         self.snapshots: list[Snapshot] = []
         self.snapshots_skipped = 0
+        self.cancels = 0  # calls this client cancelled (cancel_share)
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -505,7 +506,7 @@ class Bank:
         timer = None
         if cancel and self._rng.random() < self.config.cancel_share:
             delay = self._rng.uniform(*self.config.cancel_after_range)
-            timer = asyncio.get_running_loop().call_later(delay, call.cancel)
+            timer = asyncio.get_running_loop().call_later(delay, self._cancel, call)
         try:
             response = await call
         except asyncio.CancelledError:
@@ -529,6 +530,10 @@ class Bank:
         op.outcome, op.answered = "applied", time.time()
         op.transaction_id = response.transaction.id
         op.balances_after = _balances(op, response)
+
+    def _cancel(self, call: grpc.aio.Call) -> None:
+        if call.cancel():  # False when the answer came first
+            self.cancels += 1
 
     # --- snapshots -------------------------------------------------------------------------
 

@@ -148,6 +148,8 @@ async def _load(
                 async with faults.every(scenario.every, fault):
                     await bank.load(seconds)
             await bank.settle(SETTLE_SECONDS)
+            if bank.cancels:
+                faults.add("client cancels", bank.cancels)
             return await bank.check(), faults
         finally:
             await bank.close()
