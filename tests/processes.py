@@ -87,7 +87,10 @@ class ServiceProcess:
         try:
             await wait_serving(self.address, seconds, alive=lambda: self.running)
         except (TimeoutError, RuntimeError) as error:
-            raise RuntimeError(f"{self.name}: {error}; its log ends:\n{self.log_tail()}") from None
+            code = self._process.poll() if self._process else None
+            raise RuntimeError(
+                f"{self.name}: {error} (exit code {code}); its log ends:\n{self.log_tail()}"
+            ) from None
 
     def terminate(self) -> None:
         """Sends SIGTERM (graceful shutdown: in-flight calls finish within the grace)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.migrations import SERVICES, migrate
-from tests.bank import Bank, BankConfig, BankReport
+from tests.bank import CUT, Bank, BankConfig, BankReport, Check
 from tests.faults import (
     Fault,
     Faults,
@@ -59,6 +59,8 @@ class Scenario:
     every: float = 1.0  # seconds between two faults
     wallet_instances: int = 1
     cancel_share: float = 0.0
+    # False where the fault is a graceful shutdown: in-flight calls must finish, none cut.
+    calls_may_be_cut: bool = True
 
 
 SCENARIOS = [
@@ -98,6 +100,7 @@ SCENARIOS = [
         "the wallet service SIGTERMed during load every ~10 s, started again once it exits",
         lambda t: terminate_and_restart(t.wallets[0], t.faults),
         every=10,
+        calls_may_be_cut=False,
     ),
 ]
 
@@ -150,9 +153,17 @@ async def _load(
             await bank.settle(SETTLE_SECONDS)
             if bank.cancels:
                 faults.add("client cancels", bank.cancels)
-            return await bank.check(), faults
+            report = await bank.check()
+            if not scenario.calls_may_be_cut:
+                report.checks.append(_no_call_cut(report))
+            return report, faults
         finally:
             await bank.close()
+
+
+def _no_call_cut(report: BankReport) -> Check:
+    cut = sum(answer == CUT for op in report.operations for answer in op.attempts)
+    return Check("graceful shutdown: no call cut in flight", not cut, f"{cut} calls cut")
 
 
 def print_result(result: Result) -> None:

@@ -36,7 +36,8 @@ async def test_the_books_balance_under_short_deadlines_cancels_and_killed_connec
             await server.pool.check()
     print(f"{report.summary()}\nfaults: {faults.summary()}")
 
-    assert report.passed, report.summary()
+    if not report.passed:
+        pytest.fail(report.summary(), pytrace=False)
     # The run did what it claims: faults hit, retries of unclear answers were acknowledged,
     # refusals happened, snapshots were checked.
     answers = collections.Counter(answer for op in report.operations for answer in op.attempts)
