@@ -8,22 +8,27 @@ check; it exits 1 if any check fails.
     make soak                                       # every scenario, SOAK_SECONDS in all
     make soak SOAK_SECONDS=600 SOAK_SCENARIOS="wallet-kill postgres-immediate"
     .venv/bin/python -m tests.soak --seconds 60 backends
+    make soak SOAK_DATABASE_URL=postgresql://user@host:5432/postgres   # on another server
 
-The services' logs are kept in .data/soak/<scenario>/ for diagnosis.
+With SOAK_DATABASE_URL, each scenario runs in a throwaway database on that server (a
+PostgreSQL-compatible engine, for instance) and the scenarios that restart PostgreSQL are left
+out. The services' logs are kept in .data/soak/<scenario>/ for diagnosis.
 """
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.migrations import SERVICES, migrate
 from tests.bank import CUT, Bank, BankConfig, BankReport, Check
+from tests.databases import throwaway_database
 from tests.faults import (
     Fault,
     Faults,
@@ -46,7 +51,7 @@ class Target:
     """What a fault can hit in a scenario."""
 
     database_url: str
-    postgres: PrivatePostgres
+    postgres: PrivatePostgres | None  # None on a server given with --database-server
     wallets: list[ServiceProcess]
     faults: Faults
 
@@ -57,6 +62,7 @@ class Scenario:
     description: str
     fault: Callable[[Target], Fault] | None = None
     every: float = 1.0  # seconds between two faults
+    restarts_postgres: bool = False  # needs a private PostgreSQL
     wallet_instances: int = 1
     cancel_share: float = 0.0
     # False where the fault is a graceful shutdown: in-flight calls must finish, none cut.
@@ -82,12 +88,14 @@ SCENARIOS = [
         "PostgreSQL restarted (fast shutdown) every ~10 s",
         lambda t: restart_postgres(t.postgres, "fast", t.faults),
         every=10,
+        restarts_postgres=True,
     ),
     Scenario(
         "postgres-immediate",
         "PostgreSQL restarted (immediate shutdown: a crash) every ~10 s",
         lambda t: restart_postgres(t.postgres, "immediate", t.faults),
         every=10,
+        restarts_postgres=True,
     ),
     Scenario("cancels", "clients cancel 30% of their calls after 1-20 ms", cancel_share=0.3),
     Scenario(
@@ -117,22 +125,32 @@ class Result:
         return self.report.passed and not self.faults.problems
 
 
-def run_scenario(scenario: Scenario, seconds: float) -> Result:
+def run_scenario(scenario: Scenario, seconds: float, server_url: str | None) -> Result:
     started = time.monotonic()
     log_dir = LOGS / scenario.name
     shutil.rmtree(log_dir, ignore_errors=True)
-    with private_postgres() as postgres:
-        database_url = postgres.create_database("wallet")
+    with _database(server_url) as (database_url, postgres):
         for service in SERVICES:
             migrate(database_url, service)
         report, faults = asyncio.run(_load(scenario, seconds, postgres, database_url, log_dir))
     return Result(scenario, report, faults, time.monotonic() - started)
 
 
+@contextlib.contextmanager
+def _database(server_url: str | None) -> Iterator[tuple[str, PrivatePostgres | None]]:
+    """A fresh database: on a private PostgreSQL, or a throwaway one on `server_url`."""
+    if server_url is None:
+        with private_postgres() as postgres:
+            yield postgres.create_database("wallet"), postgres
+    else:
+        with throwaway_database(server_url) as database_url:
+            yield database_url, None
+
+
 async def _load(
     scenario: Scenario,
     seconds: float,
-    postgres: PrivatePostgres,
+    postgres: PrivatePostgres | None,
     database_url: str,
     log_dir: Path,
 ) -> tuple[BankReport, Faults]:
@@ -205,15 +223,28 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("SOAK_SECONDS") or 300),
         help="load time of the whole soak, shared by the scenarios (SOAK_SECONDS, 300)",
     )
+    parser.add_argument(
+        "--database-server",
+        default=os.environ.get("SOAK_DATABASE_URL") or None,
+        help="run on this server (a throwaway database) instead of a private PostgreSQL;"
+        " the scenarios that restart PostgreSQL are left out (SOAK_DATABASE_URL)",
+    )
     args = parser.parse_args(argv)
     if unknown := set(args.scenarios) - set(names):
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {names}")
-    chosen = [scenario for scenario in SCENARIOS if scenario.name in (args.scenarios or names)]
+    chosen = [
+        scenario
+        for scenario in SCENARIOS
+        if scenario.name in (args.scenarios or names)
+        and not (args.database_server and scenario.restarts_postgres)
+    ]
+    if not chosen:
+        parser.error("no scenario left to run")
     seconds = args.seconds / len(chosen)
     print(f"soak: {len(chosen)} scenario(s), {seconds:.0f} s of load each, then settling")
     results = []
     for scenario in chosen:
-        results.append(run_scenario(scenario, seconds))
+        results.append(run_scenario(scenario, seconds, args.database_server))
         print_result(results[-1])
     print_table(results)
     failed = [result.scenario.name for result in results if not result.passed]
