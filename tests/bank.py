@@ -276,6 +276,9 @@ class BankReport:
         for check in self.checks:
             status = "pass" if check.passed else "FAIL"
             lines.append(f"  {status} {check.name}{': ' + check.detail if check.detail else ''}")
+        for op in [op for op in operations if op.outcome == "pending"][:3]:
+            answers = collections.Counter(op.attempts[-20:])
+            lines.append(f"  unknown {op.key} ({op.kind}): last answers {_counts(answers)}")
         return "\n".join(lines)
 
 
