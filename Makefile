@@ -11,7 +11,7 @@ BUF_VERSION := 1.75.0
 BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run migrate test fuzz lint bench up down clean \
+.PHONY: help install proto run migrate test fuzz lint bench soak up down clean \
 	service-account rotate-keys revoke-key check-invariants
 
 help: ## List the targets
@@ -57,6 +57,11 @@ lint: $(GENERATED) ## buf lint, ruff and mypy
 
 bench: $(GENERATED) ## Measure throughput of the money path
 	$(PY) -m tests.bench
+
+SOAK_SECONDS ?= 300
+SOAK_SCENARIOS ?=
+soak: $(GENERATED) ## Bank workload under faults, SOAK_SECONDS in all (SOAK_SCENARIOS="wallet-kill ...")
+	$(PY) -m tests.soak --seconds $(SOAK_SECONDS) $(SOAK_SCENARIOS)
 
 # Operator commands: against DATABASE_URL, else the private PostgreSQL of a running `make run`.
 LOCAL_DATABASE_URL := postgresql://postgres@/wallet_system?host=$(CURDIR)/.data/postgres

@@ -74,21 +74,27 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
         down = asyncio.ensure_future(self._down.wait())
         try:
             await asyncio.wait((getting, down), return_when=asyncio.FIRST_COMPLETED)
+            if not getting.done():
+                raise DatabaseUnavailable("the database is unavailable")
+            return getting.result()
+        except BaseException:
+            # The database is down, or the call was cancelled (perhaps just as its connection
+            # arrived): a connection that came or is still coming goes back to the pool.
+            getting.cancel()
+            getting.add_done_callback(self._give_back_unused)
+            raise
         finally:
             down.cancel()
-            if not getting.done():
-                getting.cancel()
-                getting.add_done_callback(self._give_back_unused)
-        if not getting.done():
-            raise DatabaseUnavailable("the database is unavailable")
-        return getting.result()
 
     def _give_back_unused(self, getting: "asyncio.Future[psycopg.AsyncConnection[Any]]") -> None:
         """A connection that arrived for a waiter who had already given up goes back."""
         if not getting.cancelled() and getting.exception() is None:
-            giving_back = asyncio.ensure_future(self.putconn(getting.result()))
-            self._background.add(giving_back)
-            giving_back.add_done_callback(self._background.discard)
+            self._give_back(getting.result())
+
+    def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        giving_back = asyncio.ensure_future(self.putconn(conn))
+        self._background.add(giving_back)
+        giving_back.add_done_callback(self._background.discard)
 
     async def _getconn_within(self, wait: float) -> psycopg.AsyncConnection[Any]:
         """A connection that passed `_still_works`; dead ones are handed back (the pool
@@ -100,7 +106,12 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
             except psycopg_pool.PoolTimeout:
                 self.trouble.set()
                 raise DatabaseUnavailable(f"no database connection within {wait:.3f} s") from None
-            if await self._still_works(conn):
+            try:
+                works = await self._still_works(conn)
+            except BaseException:  # cancelled during the check: the connection goes back
+                self._give_back(conn)
+                raise
+            if works:
                 return conn
             self.trouble.set()
             await self.putconn(conn)

@@ -11,46 +11,24 @@ scenarios' ratios within one run, not absolute numbers across runs.
 
 import asyncio
 import os
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from shared.migrations import SERVICES, migrate
 from tests.auth_helpers import register_and_login, service_token
 from tests.databases import admin_url, throwaway_database
+from tests.processes import running_services
 
 CALLS = int(os.environ.get("BENCH_CALLS", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_serving(port: int) -> None:
-    deadline = time.monotonic() + 30
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server on {port} did not start")
-            await asyncio.sleep(0.2)
 
 
 async def run_scenario(name: str, call: Callable[[int], Awaitable[object]]) -> float:
@@ -139,38 +117,15 @@ def main() -> int:
     with throwaway_database(admin_url()) as database_url:
         for service in SERVICES:
             migrate(database_url, service)
-        auth_port, wallet_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "AUTO_MIGRATE": "false",
-            "LOG_LEVEL": "WARNING",
-            "AUTH_HOST": "127.0.0.1",
-            "AUTH_PORT": str(auth_port),
-            "WALLET_HOST": "127.0.0.1",
-            "WALLET_PORT": str(wallet_port),
-            "AUTH_ADDRESS": f"127.0.0.1:{auth_port}",
-            "AUTH_METRICS_PORT": "0",
-            "WALLET_METRICS_PORT": "0",
-            "BCRYPT_COST": os.environ.get("BCRYPT_COST", "4"),
-        }
-        servers = [
-            subprocess.Popen([sys.executable, "-m", module], env=env)
-            for module in ("auth_service", "wallet_service")
-        ]
-        try:
-            asyncio.run(_bench_when_ready(auth_port, wallet_port, database_url))
-        finally:
-            for server in servers:
-                server.terminate()
-                server.wait(timeout=30)
+        asyncio.run(_bench_with_services(database_url))
     return 0
 
 
-async def _bench_when_ready(auth_port: int, wallet_port: int, database_url: str) -> None:
-    await wait_serving(auth_port)
-    await wait_serving(wallet_port)
-    await bench(auth_port, wallet_port, database_url)
+async def _bench_with_services(database_url: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
+        settings = {"BCRYPT_COST": os.environ.get("BCRYPT_COST", "4")}
+        async with running_services(database_url, Path(logs), **settings) as (auth, [wallet]):
+            await bench(auth.port, wallet.port, database_url)
 
 
 if __name__ == "__main__":

@@ -44,3 +44,17 @@ def throwaway_database(server_url: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def terminate_backends(database_url: str, *, sparing: str | None = None) -> int:
+    """Ends every other connection to the URL's own database (never another database's), but
+    those whose application_name is `sparing`; returns how many it ended."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+            " AND (%(sparing)s::text IS NULL OR application_name <> %(sparing)s)",
+            {"sparing": sparing},
+        ).fetchone()
+    return int(row[0]) if row else 0
