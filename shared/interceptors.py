@@ -191,6 +191,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exception:
                 error = service_error(exception)
                 await _answer(context, error.to_status(self._domain))
+            else:
+                if _client_gone(context):  # nobody to answer (grpc would log the failed send)
+                    raise asyncio.CancelledError
 
         return wrap_calls(await continuation(handler_call_details), mapped)
 
@@ -215,7 +218,11 @@ def service_error(exception: Exception) -> ServiceError:
 async def _answer(context: Any, status: grpc.Status) -> None:
     """Ends the call with `status`, unless the client is gone: then there is nobody to tell
     (and grpc would log the failed send as an error), so the call ends as cancelled."""
-    remaining = context.time_remaining()
-    if context.cancelled() or (remaining is not None and remaining <= 0):
+    if _client_gone(context):
         raise asyncio.CancelledError
     await context.abort_with_status(status)
+
+
+def _client_gone(context: Any) -> bool:
+    remaining = context.time_remaining()
+    return bool(context.cancelled() or (remaining is not None and remaining <= 0))

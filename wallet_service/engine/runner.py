@@ -40,6 +40,7 @@ import psycopg
 import psycopg_pool
 from google.protobuf.message import Message
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from shared.deadlines import answer_margin
 from shared.errors import (
@@ -180,7 +181,11 @@ class Engine:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
-                    outcomes, writes = await self._transaction(conn, group)
+                    try:
+                        outcomes, writes = await self._transaction(conn, group)
+                    except BaseException:
+                        await _discard_if_unclean(conn)
+                        raise
             except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
                 group.settle_all(lambda member: _wait_over(group.lock_set_by_deadline(member)))
                 return
@@ -434,6 +439,18 @@ async def isolation(conn: store.Conn, serializable: bool) -> AsyncIterator[None]
     finally:
         if not conn.closed:
             await conn.set_isolation_level(None)
+
+
+async def _discard_if_unclean(conn: store.Conn) -> None:
+    """A connection left in pipeline mode or mid-query (a failure or a cancellation in the
+    middle of a pipeline) must not serve another call: close it, and the pool replaces it."""
+    pgconn = conn.pgconn
+    if pgconn.pipeline_status != pq.PipelineStatus.OFF or pgconn.transaction_status not in (
+        pq.TransactionStatus.IDLE,
+        pq.TransactionStatus.INTRANS,
+        pq.TransactionStatus.INERROR,
+    ):
+        await conn.close()
 
 
 def connection_lost(error: psycopg.Error) -> bool:
