@@ -18,6 +18,7 @@ keys and revocations stay in force: verification goes on locally.
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -225,7 +226,9 @@ class TokenVerifier:
         keys, which matters most while the auth service is slow or down."""
         if self._lock.locked() or (self._refresh is not None and not self._refresh.done()):
             return
-        self._refresh = asyncio.create_task(self._refetch(fetches_seen, wait=False))
+        self._refresh = asyncio.create_task(  # not bound by the deadline of the call that saw it
+            self._refetch(fetches_seen, wait=False), context=contextvars.Context()
+        )
 
     async def _refetch(self, fetches_seen: int, *, wait: bool) -> None:
         """Fetches the key set once for every caller waiting here, at most once per interval;

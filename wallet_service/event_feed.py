@@ -11,6 +11,7 @@ within `FALLBACK_POLL_SECONDS`.
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from typing import Any
 
@@ -64,7 +65,9 @@ class EventFeed:
         if self._notify_pending:
             return
         self._notify_pending = True
-        task = asyncio.create_task(self._notify())
+        # A context of its own: the commit's caller may be about to run out of time, and its
+        # deadline must not bound a NOTIFY that serves every later commit too.
+        task = asyncio.create_task(self._notify(), context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -12,6 +12,7 @@ locks still decide between processes; this only orders what one process sends.
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -123,7 +124,11 @@ class Combiner:
                 self._queue.remove(waiting)
                 waiting.started.set()
             self._busy |= group_wallets
-            task = asyncio.create_task(self._run(members, group_wallets))
+            # A context of its own: a group serves several calls, none of whose deadlines
+            # (or request ids) it inherits from the task that happened to dispatch it.
+            task = asyncio.create_task(
+                self._run(members, group_wallets), context=contextvars.Context()
+            )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 

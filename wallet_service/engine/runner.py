@@ -42,7 +42,7 @@ from google.protobuf.message import Message
 from psycopg import errors as pg_errors
 from psycopg import pq
 
-from shared.deadlines import answer_margin
+from shared.deadlines import answer_margin, set_call_deadline
 from shared.errors import (
     ServiceError,
     aborted,
@@ -178,6 +178,7 @@ class Engine:
         group = _Group(members, self._limits)
         if not group.members:
             return
+        set_call_deadline(group.seconds_left())  # the pool waits no longer than its members
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
@@ -437,6 +438,9 @@ async def isolation(conn: store.Conn, serializable: bool) -> AsyncIterator[None]
     try:
         yield
     finally:
+        # A failed commit can leave the connection mid-pipeline, where the level cannot be
+        # reset (and resetting would hide the real error): such a connection is closed.
+        await _discard_if_unclean(conn)
         if not conn.closed:
             await conn.set_isolation_level(None)
 
