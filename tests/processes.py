@@ -81,6 +81,7 @@ class ServiceProcess:
                 env=self.env,
                 stdout=log,
                 stderr=log,
+                start_new_session=True,  # its own process group: see kill()
             )
 
     async def wait_serving(self, seconds: float = 30) -> None:
@@ -99,10 +100,13 @@ class ServiceProcess:
             self._process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: nothing finishes, nothing is cleaned up."""
+        """SIGKILL, as a crash: nothing finishes, nothing is cleaned up. The whole process
+        group goes at once: a service running several workers is killed with its workers
+        (killing the supervisor alone would let them shut down gracefully)."""
         if self.running:
             assert self._process is not None
-            self._process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
 
     async def wait_exit(self, seconds: float = 30) -> int | None:
