@@ -1,0 +1,98 @@
+"""The client library's WatchEvents iterator against real servers: it resumes by itself from
+its last cursor across a wallet server restart, without losing or repeating an event, skips
+heartbeats, and ends on an error that resuming cannot cure."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.gen.wallet.v1 import wallet_pb2
+from shared.server import RunningServer
+from tests.client_helpers import (
+    RestartableWallet,
+    client_of,
+    log_in_new_user,
+    restartable_wallet,
+    service_client,
+)
+from wallet_client import EventStream, errors
+from wallet_service.config import WalletSettings
+
+
+@pytest.fixture
+async def restartable(wallet_settings: WalletSettings) -> AsyncIterator[RestartableWallet]:
+    # Heartbeats every 0.1 s: the stream is idle most of the time, and they must not surface.
+    async with restartable_wallet(wallet_settings, watch_heartbeat_seconds=0.1) as wallet:
+        yield wallet
+
+
+async def collect(stream: EventStream, into: list[wallet_pb2.WalletEvent]) -> None:
+    async for event in stream:
+        into.append(event)
+
+
+async def wait_for(
+    events: list[wallet_pb2.WalletEvent], count: int, reader: asyncio.Task[None]
+) -> None:
+    for _ in range(500):
+        assert not reader.done(), reader
+        if len(events) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{len(events)} events of {count}")
+
+
+async def test_the_stream_resumes_across_a_server_restart_without_losing_or_repeating_events(
+    restartable: RestartableWallet,
+    wallet_server: RunningServer,
+    auth_server: RunningServer,
+    database_url: str,
+) -> None:
+    async with (
+        client_of(restartable.address, auth_server) as ada,
+        # Money keeps moving through another wallet server on the same database, also while
+        # Ada's server is down.
+        service_client(wallet_server, auth_server, database_url, ["wallet:credit"]) as bank,
+    ):
+        await log_in_new_user(ada)
+        wallet_id = (await ada.create_wallet("EUR")).wallet.id
+        events: list[wallet_pb2.WalletEvent] = []
+        stream = ada.watch_events(wallet_id=wallet_id)
+        reader = asyncio.create_task(collect(stream, events))
+        credits = 0
+        while not events:  # a stream from now: credit until it sees one, so that it has a cursor
+            await bank.credit(wallet_id, 1)
+            credits += 1
+            await asyncio.sleep(0.05)
+        first = events[0].entry.sequence
+        for _ in range(3):
+            await bank.credit(wallet_id, 1)
+        await wait_for(events, credits + 3 - first + 1, reader)
+
+        await restartable.stop()
+        for _ in range(3):
+            await bank.credit(wallet_id, 1)
+        await asyncio.sleep(0.3)  # the stream tries to come back to a server that is not there
+        await restartable.start()
+        for _ in range(3):
+            await bank.credit(wallet_id, 1)
+        total = credits + 9
+        await wait_for(events, total - first + 1, reader)
+        await asyncio.sleep(0.3)  # anything repeated would arrive now
+        reader.cancel()
+
+    assert [event.entry.sequence for event in events] == list(range(first, total + 1))
+    assert {event.type for event in events} == {wallet_pb2.EVENT_TYPE_TRANSACTION_POSTED}
+    assert stream.cursor == events[-1].cursor
+    assert stream.reconnects >= 1
+
+
+async def test_a_cursor_the_server_refuses_ends_the_stream(
+    wallet_server: RunningServer, auth_server: RunningServer
+) -> None:
+    async with client_of(wallet_server, auth_server) as ada:
+        await log_in_new_user(ada)
+        with pytest.raises(errors.InvalidCursor):
+            async for _ in ada.watch_events(after_cursor="not-a-cursor"):
+                pass
