@@ -1,9 +1,10 @@
 """The client library's tests: clients of the session's servers, identities, and a wallet
 server that can be stopped and started again on the same port."""
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,14 @@ from tests.test_servers import free_port
 from wallet_client import WalletClient
 from wallet_service.config import WalletSettings
 from wallet_service.server import start as start_wallet
+
+
+async def wait_until(condition: Callable[[], object], what: str, seconds: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while not condition():
+        assert loop.time() < give_up, f"gave up waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def address(server: RunningServer) -> str:

@@ -85,6 +85,7 @@ class WalletClient:
         await self.close()
 
     async def close(self) -> None:
+        await self._session.close()
         for channel in self._channels:
             await channel.close(grace=None)
 

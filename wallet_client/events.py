@@ -9,6 +9,7 @@ server does not accept, a permission); `cursor` then says where to start again.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -68,23 +69,19 @@ class EventStream:
         last_progress = time.monotonic()
         renewed_token = False
         while True:
-            token = await self._tokens.access_token()
-            call = self._stub.WatchEvents(
-                wallet_pb2.WatchEventsRequest(after_cursor=self.cursor, wallet_id=self._wallet_id),
-                metadata=(("authorization", f"Bearer {token}"),),
-            )
+            token = None
             try:
-                async for message in call:
-                    failures, last_progress, renewed_token = 0, time.monotonic(), False
-                    if message.HasField("event"):
-                        self.cursor = message.event.cursor
-                        yield message.event
+                token = await self._tokens.access_token()
+                async with contextlib.aclosing(self._stream(token)) as messages:
+                    async for message in messages:
+                        failures, last_progress, renewed_token = 0, time.monotonic(), False
+                        if message.HasField("event"):
+                            self.cursor = message.event.cursor
+                            yield message.event
                 error: WalletError | None = None  # the server ended the stream: open it again
-            except grpc.aio.AioRpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            finally:
-                call.cancel()
-            if isinstance(error, TokenExpired) and not renewed_token:
+            except WalletError as caught:  # the stream's, or a token that cannot be renewed yet
+                error = caught
+            if isinstance(error, TokenExpired) and token and not renewed_token:
                 renewed_token = True
                 if await self._tokens.renew_expired(token):
                     continue
@@ -99,6 +96,20 @@ class EventStream:
             self.reconnects += 1
             log.warning("WatchEvents resumes in %.2f s after %s", delay, error or "its end")
             await asyncio.sleep(delay)
+
+    async def _stream(self, token: str) -> AsyncGenerator[wallet_pb2.WatchEventsResponse]:
+        """One WatchEvents call from the current cursor; its failure as a typed error."""
+        call = self._stub.WatchEvents(
+            wallet_pb2.WatchEventsRequest(after_cursor=self.cursor, wallet_id=self._wallet_id),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
+        finally:
+            call.cancel()
 
 
 def _resumable(error: WalletError) -> bool:
