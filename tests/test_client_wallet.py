@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from shared.gen.wallet.v1 import wallet_pb2
 from shared.server import RunningServer
 from tests.auth_helpers import PASSWORD, unique_email
-from tests.client_helpers import address, service_client, user_client
+from tests.client_helpers import address, new_service_account, service_client, user_client
 from wallet_client import (
     RetryPolicy,
     SyncWalletClient,
@@ -315,3 +316,30 @@ async def test_the_sync_client_serves_code_without_an_event_loop(
     assert reason == "INSUFFICIENT_FUNDS"
     assert ids[:2] == ids[2:]
     assert balance == 0
+
+
+def the_guides_example() -> str:
+    """The first Python block of docs/client.md: a whole session with the client."""
+    guide = (ROOT / "docs" / "client.md").read_text()
+    match = re.search(r"```python\n(.*?)```", guide, re.S)
+    assert match is not None
+    return match.group(1)
+
+
+async def test_the_guides_example_runs_as_written(
+    wallet_server: RunningServer,
+    auth_server: RunningServer,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(the_guides_example(), "docs/client.md", "exec"), namespace)
+    client_id, secret = await new_service_account(database_url, ["wallet:credit"])
+    await namespace["main"](
+        address(wallet_server), address(auth_server), client_id, secret, unique_email("guide")
+    )
+    printed = capsys.readouterr().out.split("\n")
+    assert printed[0].startswith("9750 ")
+    assert printed[1].startswith("INSUFFICIENT_FUNDS ")
+    assert printed[2:4] == ["7250", "refused movement 1"]
+    assert printed[4:7] == ["3 -2500 7250", "2 -250 9750", "1 10000 10000"]
