@@ -167,7 +167,7 @@ def expired_copy(token: str, database_url: str) -> str:
     private_key = serialization.load_pem_private_key(private_pem.encode(), None)
     return jwt.encode(
         claims,
-        private_key,  # type: ignore[arg-type]
+        private_key,
         algorithm="EdDSA",
         headers={"kid": key_id, "typ": "at+jwt"},
     )
