@@ -343,3 +343,26 @@ async def test_the_guides_example_runs_as_written(
     assert printed[1].startswith("INSUFFICIENT_FUNDS ")
     assert printed[2:4] == ["7250", "refused movement 1"]
     assert printed[4:7] == ["3 -2500 7250", "2 -250 9750", "1 10000 10000"]
+
+
+async def test_the_sync_client_follows_events_with_a_plain_iterator(
+    wallet_server: RunningServer, auth_server: RunningServer, bank: WalletClient
+) -> None:
+    async with user_client(wallet_server, auth_server) as ada:
+        wallet_id = (await ada.create_wallet("EUR")).wallet.id
+        tokens = ada.tokens
+
+    def follow() -> wallet_pb2.WalletEvent:
+        with SyncWalletClient(address(wallet_server), address(auth_server)) as client:
+            client.use_tokens(tokens)
+            for event in client.watch_events(wallet_id=wallet_id):
+                if event.type == wallet_pb2.EVENT_TYPE_TRANSACTION_POSTED:
+                    return event  # leaving the loop ends the stream
+        raise AssertionError("the stream ended")
+
+    follower = asyncio.ensure_future(asyncio.to_thread(follow))
+    while not follower.done():  # a stream from now: credit until it has seen one
+        await bank.credit(wallet_id, 1)
+        await asyncio.sleep(0.1)
+    event = await follower
+    assert (event.wallet_id, event.entry.balance_change) == (wallet_id, 1)

@@ -80,16 +80,13 @@ async def unary(
     policy: RetryPolicy,
     retry_on: frozenset[grpc.StatusCode],
     tokens: TokenSource | None,
-    total_timeout: float | None = None,
     idempotency_key: str | None = None,
 ) -> ResponseT:
     """Sends `request` to `stub`'s `rpc` until an answer that is not retried, or the budget
     ends; raises the typed exception of the last failure."""
     method = getattr(stub, rpc)
     request_id = str(uuid.uuid4())
-    give_up_at = time.monotonic() + (
-        policy.total_timeout if total_timeout is None else total_timeout
-    )
+    give_up_at = time.monotonic() + policy.total_timeout
     retries = 0
     renewed_token = False
     while True:
