@@ -184,8 +184,8 @@ class WalletClient:
     async def create_wallet(
         self, currency: str, *, metadata: Metadata = None
     ) -> wallet_pb2.CreateWalletResponse:
-        """Opens the caller's wallet in `currency`. Retried only when the server was not
-        reached; after an unknown outcome a repeat may answer WalletExists (it was made)."""
+        """Opens the caller's wallet in `currency`. Retried after UNAVAILABLE only, like a read;
+        such a repeat may answer WalletExists: the first attempt made it."""
         request = wallet_pb2.CreateWalletRequest(currency=currency, metadata=metadata)
         return await self._read("CreateWallet", request, wallet_pb2.CreateWalletResponse)
 
