@@ -1,23 +1,19 @@
 """The client library's tests: clients of the session's servers, identities, and a wallet
-server that can be stopped and started again on the same port."""
+service process that can be killed and started again on the same port."""
 
 import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-from pydantic import SecretStr
 
 from auth_service.admin import create_service_account
 from shared.gen.auth.v1 import auth_pb2
 from shared.server import RunningServer
 from tests.auth_helpers import PASSWORD, unique_email
-from tests.test_servers import free_port
+from tests.processes import ServiceProcess, wallet_process
 from wallet_client import WalletClient
-from wallet_service.config import WalletSettings
-from wallet_service.server import start as start_wallet
 
 
 async def wait_until(condition: Callable[[], object], what: str, seconds: float = 10) -> None:
@@ -78,45 +74,26 @@ async def new_service_account(database_url: str, scopes: list[str]) -> tuple[str
     return await create_service_account(database_url, f"client-{uuid.uuid4().hex[:8]}", scopes)
 
 
-@dataclass
-class RestartableWallet:
-    """A wallet server of its own on a fixed port, with a fixed page token secret so that its
-    cursors still work after a restart (as on instances that share PAGE_TOKEN_SECRET)."""
-
-    settings: WalletSettings
-    server: RunningServer | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.settings.wallet_port}"
-
-    async def start(self) -> None:
-        assert self.server is None
-        self.server = await start_wallet(self.settings)
-
-    async def stop(self) -> None:
-        """Stops at once: calls in flight are cancelled, as when a process dies."""
-        assert self.server is not None
-        server, self.server = self.server, None
-        await server.stop(grace=0)
-
-
 @contextlib.asynccontextmanager
-async def restartable_wallet(
-    wallet_settings: WalletSettings, **settings: Any
-) -> AsyncIterator[RestartableWallet]:
-    wallet = RestartableWallet(
-        wallet_settings.model_copy(
-            update={
-                "wallet_port": free_port(),
-                "page_token_secret": SecretStr(uuid.uuid4().hex * 2),
-                **settings,
-            }
-        )
+async def wallet_process_of(
+    database_url: str, auth_server: RunningServer, log_dir: Path, **settings: str
+) -> AsyncIterator[ServiceProcess]:
+    """A wallet service process of its own (one worker) on the session's database and auth
+    server, to kill and start again on the same port. A fixed PAGE_TOKEN_SECRET keeps its
+    cursors valid across restarts, as on instances that share one."""
+    process = wallet_process(
+        database_url,
+        log_dir,
+        address(auth_server),
+        "client-wallet",
+        WALLET_WORKERS="1",
+        PAGE_TOKEN_SECRET=uuid.uuid4().hex * 2,
+        SHUTDOWN_DRAIN_SECONDS="0",
+        **settings,
     )
-    await wallet.start()
+    process.start()
     try:
-        yield wallet
+        await process.wait_serving()
+        yield process
     finally:
-        if wallet.server is not None:
-            await wallet.stop()
+        await process.stop()

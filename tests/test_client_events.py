@@ -1,31 +1,35 @@
 """The client library's WatchEvents iterator against real servers: it resumes by itself from
-its last cursor across a wallet server restart, without losing or repeating an event, hands
+its last cursor across a wallet server crash and restart, without losing or repeating an event, hands
 out events only (heartbeats come every 0.1 s here), and ends on an error that resuming cannot
 cure."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from shared.gen.wallet.v1 import wallet_pb2
 from shared.server import RunningServer
 from tests.client_helpers import (
-    RestartableWallet,
     client_of,
     log_in_new_user,
-    restartable_wallet,
     service_client,
+    wallet_process_of,
 )
+from tests.processes import ServiceProcess
 from wallet_client import EventStream, errors
-from wallet_service.config import WalletSettings
 
 
 @pytest.fixture
-async def restartable(wallet_settings: WalletSettings) -> AsyncIterator[RestartableWallet]:
+async def wallet_process(
+    database_url: str, auth_server: RunningServer, tmp_path: Path
+) -> AsyncIterator[ServiceProcess]:
     # Heartbeats every 0.1 s: the stream is idle most of the time, and they must not surface.
-    async with restartable_wallet(wallet_settings, watch_heartbeat_seconds=0.1) as wallet:
-        yield wallet
+    async with wallet_process_of(
+        database_url, auth_server, tmp_path, WATCH_HEARTBEAT_SECONDS="0.1"
+    ) as process:
+        yield process
 
 
 async def collect(stream: EventStream, into: list[wallet_pb2.WalletEvent]) -> None:
@@ -49,14 +53,14 @@ async def wait_for_sequence(
     raise AssertionError(f"no event for entry {sequence}; have {sequences(events)}")
 
 
-async def test_the_stream_resumes_across_a_server_restart_without_losing_or_repeating_events(
-    restartable: RestartableWallet,
+async def test_the_stream_resumes_across_a_server_crash_without_losing_or_repeating_events(
+    wallet_process: ServiceProcess,
     wallet_server: RunningServer,
     auth_server: RunningServer,
     database_url: str,
 ) -> None:
     async with (
-        client_of(restartable.address, auth_server) as ada,
+        client_of(wallet_process.address, auth_server) as ada,
         # Money keeps moving through another wallet server on the same database, also while
         # Ada's server is down.
         service_client(wallet_server, auth_server, database_url, ["wallet:credit"]) as bank,
@@ -77,11 +81,11 @@ async def test_the_stream_resumes_across_a_server_restart_without_losing_or_repe
             await bank.credit(wallet_id, 1)
         await wait_for_sequence(events, credits + 3, reader)
 
-        await restartable.stop()
+        wallet_process.kill()
         for _ in range(3):
             await bank.credit(wallet_id, 1)
         await asyncio.sleep(0.3)  # the stream tries to come back to a server that is not there
-        await restartable.start()
+        wallet_process.start()
         for _ in range(3):
             await bank.credit(wallet_id, 1)
         last = credits + 9

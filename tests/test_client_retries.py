@@ -1,28 +1,29 @@
 """The client library's retries against real servers: an answer lost after the money moved, a
-wallet server restarted in the middle of a call, a server that stays away; each time the same
-request with the same idempotency key, and money moved once. Refusals are never retried."""
+wallet service process killed in the middle of a call and started again, a server that stays
+away; each time the same request with the same idempotency key, and money moved once.
+Refusals are never retried."""
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from shared.server import RunningServer
 from tests.client_helpers import (
-    RestartableWallet,
     client_of,
     log_in_new_user,
-    restartable_wallet,
     service_client,
     wait_until,
+    wallet_process_of,
 )
 from tests.db_proxy import DatabaseProxy
+from tests.processes import ServiceProcess
 from tests.test_wallet_lock_waits import lock_waiters
 from tests.test_wallet_reliability import transactions_with_key
 from wallet_client import RetryPolicy, WalletClient, errors
-from wallet_service.config import WalletSettings
 
 
 def retries_logged(caplog: pytest.LogCaptureFixture, key: str) -> int:
@@ -51,11 +52,14 @@ async def proxy(wallet_server: RunningServer) -> AsyncIterator[DatabaseProxy]:
 
 
 @pytest.fixture
-async def restartable(wallet_settings: WalletSettings) -> AsyncIterator[RestartableWallet]:
-    async with restartable_wallet(
-        wallet_settings, lock_timeout_seconds=30.0, statement_timeout_seconds=60.0
-    ) as wallet:
-        yield wallet
+async def wallet_process(
+    database_url: str, auth_server: RunningServer, tmp_path: Path
+) -> AsyncIterator[ServiceProcess]:
+    """A wallet service process that would wait 30 s for a row lock."""
+    async with wallet_process_of(
+        database_url, auth_server, tmp_path, LOCK_TIMEOUT_SECONDS="30"
+    ) as process:
+        yield process
 
 
 async def test_an_answer_lost_after_the_money_moved_is_retried_with_the_same_key(
@@ -86,14 +90,14 @@ async def test_an_answer_lost_after_the_money_moved_is_retried_with_the_same_key
     assert retries_logged(caplog, "lost-answer") >= 1
 
 
-async def test_a_call_in_flight_when_the_wallet_server_restarts_is_retried_with_its_key(
-    restartable: RestartableWallet,
+async def test_a_call_in_flight_when_the_wallet_server_crashes_is_retried_with_its_key(
+    wallet_process: ServiceProcess,
     auth_server: RunningServer,
     bank: WalletClient,
     database_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with client_of(restartable.address, auth_server) as ada:
+    async with client_of(wallet_process.address, auth_server) as ada:
         await log_in_new_user(ada)
         wallet_id = (await ada.create_wallet("EUR")).wallet.id
         await bank.credit(wallet_id, 1_000)
@@ -102,9 +106,10 @@ async def test_a_call_in_flight_when_the_wallet_server_restarts_is_retried_with_
             blocker.execute("SELECT 1 FROM wallet.wallets WHERE id = %s FOR UPDATE", (wallet_id,))
             debit = asyncio.create_task(ada.debit(wallet_id, 300, idempotency_key="restart"))
             await wait_until(lambda: lock_waiters(database_url) == 1, "the debit to wait")
-            # ... when its server stops (calls in flight are cancelled) and starts again.
-            await restartable.stop()
-            await restartable.start()
+            # ... when its process is killed (its PostgreSQL session may even live on and
+            # commit), and started again on the same port while the client retries.
+            wallet_process.kill()
+            wallet_process.start()
             blocker.rollback()
         answer = await debit
     assert answer.balance_after == 700
@@ -113,22 +118,22 @@ async def test_a_call_in_flight_when_the_wallet_server_restarts_is_retried_with_
 
 
 async def test_an_outcome_still_unknown_when_the_budget_ends_carries_the_key_to_retry_with(
-    restartable: RestartableWallet,
+    wallet_process: ServiceProcess,
     auth_server: RunningServer,
     bank: WalletClient,
     database_url: str,
 ) -> None:
     impatient = RetryPolicy(attempt_timeout=0.5, total_timeout=1.0)
-    async with client_of(restartable.address, auth_server, retry=impatient) as ada:
+    async with client_of(wallet_process.address, auth_server, retry=impatient) as ada:
         await log_in_new_user(ada)
         wallet_id = (await ada.create_wallet("EUR")).wallet.id
         await bank.credit(wallet_id, 1_000)
-        await restartable.stop()
+        wallet_process.kill()
         with pytest.raises(errors.OutcomeUnknown) as unknown:
             await ada.debit(wallet_id, 250)
         key = unknown.value.idempotency_key
         assert key  # made up by the client, and handed back so the caller can retry
-        await restartable.start()
+        wallet_process.start()
         patient = ada.with_retry_policy(RetryPolicy())  # the channel may take a second to return
         answer = await patient.debit(wallet_id, 250, idempotency_key=key)
         again = await patient.debit(wallet_id, 250, idempotency_key=key)
