@@ -4,6 +4,9 @@ It forwards bytes untouched; the tests ask it to drop the answer to the next COM
 server committed, the client never hears so), to cut every open connection (what a client
 sees of a server restart), or to refuse new connections (a server that is down). Clients
 connect with `sslmode=disable` so that the proxy can see the statements go by.
+
+Apart from the COMMIT it knows nothing of PostgreSQL: the client library's tests put it in front
+of a gRPC server, and mute its answers to lose the answer of a call that did its work.
 """
 
 import asyncio
@@ -32,6 +35,7 @@ class DatabaseProxy:
     target_port: int
     port: int = 0
     refusing: bool = False
+    answers_muted: bool = False  # the server's bytes are dropped; connections stay open
     commits_to_cut: int = 0
     links: set[_Link] = field(default_factory=set)
     _server: asyncio.Server | None = None
@@ -97,6 +101,8 @@ class DatabaseProxy:
             while chunk := await reader.read(65536):
                 if link.drop_next_answer:
                     break  # the server has answered the COMMIT: the client never hears it
+                if self.answers_muted:
+                    continue
                 link.client.write(chunk)
                 await link.client.drain()
         link.cut()
