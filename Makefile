@@ -11,7 +11,7 @@ BUF_VERSION := 1.75.0
 BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run migrate test fuzz lint bench up down clean \
+.PHONY: help install proto run migrate test fuzz lint walkthrough bench up down clean \
 	service-account rotate-keys revoke-key check-invariants
 
 help: ## List the targets
@@ -55,6 +55,9 @@ lint: $(GENERATED) ## buf lint, ruff and mypy
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
 
+walkthrough: $(GENERATED) ## Run the documented grpcurl sessions against `make run`, checking each answer
+	docs/walkthrough.sh
+
 bench: $(GENERATED) ## Measure throughput of the money path
 	$(PY) -m tests.bench
 
@@ -62,8 +65,9 @@ bench: $(GENERATED) ## Measure throughput of the money path
 LOCAL_DATABASE_URL := postgresql://postgres@/wallet_system?host=$(CURDIR)/.data/postgres
 OPERATOR := DATABASE_URL="$(or $(DATABASE_URL),$(LOCAL_DATABASE_URL))" $(PY) -m
 
-service-account: $(GENERATED) ## Create a service account: make service-account NAME=payments SCOPES=wallet:credit
-	$(OPERATOR) auth_service.admin create-service-account --name "$(NAME)" --scopes $(SCOPES)
+service-account: $(GENERATED) ## Create a service account: make service-account NAME=payments SCOPES=wallet:credit [FORMAT=json]
+	$(OPERATOR) auth_service.admin create-service-account --name "$(NAME)" --scopes $(SCOPES) \
+		$(if $(filter json,$(FORMAT)),--json)
 
 rotate-keys: $(GENERATED) ## Start signing access tokens with a new key
 	$(OPERATOR) auth_service.admin rotate-keys

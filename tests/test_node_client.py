@@ -12,6 +12,7 @@ from shared.server import RunningServer
 from tests.programs import NODE_CLIENT, run_program
 from tests.wallet_helpers import Caller
 
+
 @pytest.fixture(scope="session")
 async def node_modules() -> None:
     """`npm ci` once per session, when clients/node/node_modules is missing."""
