@@ -9,21 +9,34 @@ PROTOS := $(shell find protos -name '*.proto')
 GENERATED := shared/gen/.generated
 BUF_VERSION := 1.75.0
 BUF := npx --yes @bufbuild/buf@$(BUF_VERSION)
+# Exact versions of every Python package, with hashes (`make lock` writes it from pyproject.toml).
+LOCK := requirements-dev.txt
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run migrate test fuzz lint bench soak up down clean \
+.PHONY: help install lock proto run migrate test fuzz lint contract-check walkthrough bench soak up down clean \
 	service-account rotate-keys revoke-key check-invariants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(INSTALLED) ## Create .venv and install the project with its dev tools
+install: $(INSTALLED) ## Create .venv and install the project with the locked versions of its dev tools
+
+# uv resolves for every platform and Python >= 3.11 at once; pip alone installs the result.
+lock: ## Re-pin requirements-dev.txt to pyproject.toml (UPGRADE=1: newest versions that fit)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --custom-compile-command "make lock" --quiet \
+		$(if $(UPGRADE),--upgrade) --output-file $(LOCK)
 
 $(GENERATED): $(INSTALLED) $(PROTOS)
 	rm -rf shared/gen
@@ -49,11 +62,17 @@ test: $(GENERATED) ## Run the tests, then the wallet's again in SERIALIZABLE mod
 fuzz: $(GENERATED) ## Fuzz every RPC of both services at length (FUZZ_EXAMPLES per RPC, default 2000)
 	FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),2000) $(PY) -m pytest tests/test_fuzz.py -o timeout=0 $(PYTEST_ARGS)
 
-lint: $(GENERATED) ## buf lint, ruff and mypy
+contract-check: ## buf lint, and buf breaking against the last release tag (docs/releasing.md)
 	$(BUF) lint protos
+	BUF="$(BUF)" scripts/contract-check.sh
+
+lint: $(GENERATED) contract-check ## contract-check, ruff check, ruff format --check and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
+
+walkthrough: $(GENERATED) ## Run the documented grpcurl sessions against `make run`, checking each answer
+	docs/walkthrough.sh
 
 bench: $(GENERATED) ## Measure throughput of the money path
 	$(PY) -m tests.bench
@@ -67,8 +86,9 @@ soak: $(GENERATED) ## Bank workload under faults, SOAK_SECONDS in all (SOAK_SCEN
 LOCAL_DATABASE_URL := postgresql://postgres@/wallet_system?host=$(CURDIR)/.data/postgres
 OPERATOR := DATABASE_URL="$(or $(DATABASE_URL),$(LOCAL_DATABASE_URL))" $(PY) -m
 
-service-account: $(GENERATED) ## Create a service account: make service-account NAME=payments SCOPES=wallet:credit
-	$(OPERATOR) auth_service.admin create-service-account --name "$(NAME)" --scopes $(SCOPES)
+service-account: $(GENERATED) ## Create a service account: make service-account NAME=payments SCOPES=wallet:credit [FORMAT=json]
+	$(OPERATOR) auth_service.admin create-service-account --name "$(NAME)" --scopes $(SCOPES) \
+		$(if $(filter json,$(FORMAT)),--json)
 
 rotate-keys: $(GENERATED) ## Start signing access tokens with a new key
 	$(OPERATOR) auth_service.admin rotate-keys

@@ -1,6 +1,6 @@
 """Operator commands of the auth service.
 
-    python -m auth_service.admin create-service-account --name payments --scopes wallet:credit
+    python -m auth_service.admin create-service-account --name payments --scopes wallet:credit [--json]
     python -m auth_service.admin disable-service-account --client-id svc_...
     python -m auth_service.admin rotate-keys
     python -m auth_service.admin revoke-key --key-id KID
@@ -12,6 +12,7 @@ or an open pool, so tests and other tools can call them directly.
 import argparse
 import asyncio
 import contextlib
+import json
 import re
 import secrets
 import sys
@@ -100,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create-service-account", help="print a new client id and secret")
     create.add_argument("--name", required=True, help="who will use it, e.g. payments")
     create.add_argument("--scopes", required=True, nargs="+", help="e.g. wallet:credit")
+    create.add_argument(
+        "--json", action="store_true", help="print the body IssueServiceToken takes, as JSON"
+    )
     disable = commands.add_parser("disable-service-account", help="refuse its new tokens")
     disable.add_argument("--client-id", required=True)
     commands.add_parser("rotate-keys", help="sign new tokens with a new key")
@@ -111,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace, database_url: str) -> int:
     if args.command == "create-service-account":
         client_id, secret = await create_service_account(database_url, args.name, args.scopes)
+        if args.json:  # for scripts: `grpcurl -d "$(...)" ... IssueServiceToken`
+            print(json.dumps({"client_id": client_id, "client_secret": secret}))
+            return 0
         print(f"client_id:     {client_id}")
         print(f"client_secret: {secret}")
         print("The secret is shown only this once; store it in the service's secret store.")

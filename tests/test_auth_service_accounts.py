@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import sys
@@ -145,6 +146,25 @@ async def test_the_operator_command_prints_credentials_that_work(
         "INVALID_CLIENT",
         issue(auth_channel, client_id.group(1), secret.group(1)),
     )
+
+
+async def test_the_operator_command_prints_json_that_issue_service_token_takes(
+    auth_channel: grpc.aio.Channel, database_url: str
+) -> None:
+    code, out, _ = await run_admin(
+        database_url,
+        "create-service-account",
+        "--name",
+        "ops",
+        "--scopes",
+        "wallet:admin",
+        "--json",
+    )
+    assert code == 0
+    credentials = json.loads(out)
+    assert set(credentials) == {"client_id", "client_secret"}
+    response = await issue(auth_channel, credentials["client_id"], credentials["client_secret"])
+    assert list(response.scopes) == ["wallet:admin"]
 
 
 async def test_the_operator_command_refuses_a_bad_scope(database_url: str) -> None:
