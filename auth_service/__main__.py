@@ -8,14 +8,16 @@ from auth_service.server import start
 from shared.config import load_settings
 from shared.logs import configure_logging
 from shared.migrations import migrate
-from shared.server import serve_until_signal
+from shared.server import serve
 from shared.workers import Worker, run_service, this_worker, workers_for
 
 
 async def _serve(settings: AuthSettings, worker: Worker) -> None:
-    running = await start(settings, worker)
-    await serve_until_signal(
-        running, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds
+    await serve(
+        "auth",
+        lambda: start(settings, worker),
+        settings.shutdown_grace_seconds,
+        settings.shutdown_drain_seconds,
     )
 
 

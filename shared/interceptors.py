@@ -20,6 +20,7 @@ import grpc
 import psycopg
 import psycopg_pool
 
+from shared import tracing
 from shared.deadlines import set_call_deadline
 from shared.errors import (
     ServiceError,
@@ -115,6 +116,8 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 seconds = time.perf_counter() - started
                 record_rpc(method, _code_name(code), seconds)
+                if isinstance(code, grpc.StatusCode):
+                    tracing.record_status(code)
                 log.info(
                     "rpc",
                     extra={

@@ -1,4 +1,5 @@
-"""Structured (JSON) logs, one line per event, each carrying the request id."""
+"""Structured (JSON) logs, one line per event, each carrying the request id (and, with
+tracing on, the trace and span ids: shared/tracing.py)."""
 
 import contextvars
 import logging
@@ -7,6 +8,8 @@ from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
+from shared import tracing
+
 # Set per RPC by the logging interceptor; "-" outside a request.
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -14,6 +17,8 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        for name, value in tracing.log_fields().items():
+            setattr(record, name, value)
         return True
 
 

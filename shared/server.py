@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared import tracing
 from shared.db import DatabaseMonitor, Pool
 from shared.guards import MalformedRequestInterceptor
 from shared.interceptors import ErrorInterceptor, LoggingInterceptor
@@ -71,6 +72,7 @@ async def start_server(
     transport = transport or ServerTransport()  # plaintext, gRPC's own limits
     server = grpc.aio.server(
         interceptors=[
+            *tracing.server_interceptors(),  # outermost: the rest runs inside the call's span
             LoggingInterceptor(),
             ErrorInterceptor(service_name),
             *interceptors,
@@ -107,6 +109,18 @@ async def start_server(
     running._monitor_task = asyncio.create_task(monitor.run())
     log.info("listening", extra={"service_name": service_name, "port": port})
     return running
+
+
+async def serve(
+    service: str, start: Callable[[], Awaitable[RunningServer]], grace: float, drain: float
+) -> None:
+    """A serving process's life (one worker, or a service alone): tracing if asked for,
+    the server, until SIGINT/SIGTERM; then the spans still unsent go out."""
+    tracing.configure_tracing(service)
+    try:
+        await serve_until_signal(await start(), grace, drain)
+    finally:
+        tracing.shutdown_tracing()
 
 
 async def serve_until_signal(running: RunningServer, grace: float, drain: float) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Self
 import grpc
 from pydantic import BaseModel, Field, model_validator
 
+from shared import tracing
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -132,11 +134,12 @@ def auth_channel(
 ) -> grpc.aio.Channel:
     """A channel to the auth service at `address`, over TLS when the settings say so."""
     credentials = channel_credentials(settings)
+    interceptors = tracing.client_interceptors()  # the wallet's calls carry its trace on
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     if settings.auth_tls_server_name:
         options = [*options, ("grpc.ssl_target_name_override", settings.auth_tls_server_name)]
-    return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
 
 
 def _read(path: Path | None) -> bytes | None:

@@ -7,10 +7,9 @@ import pytest
 
 from auth_service.config import AuthSettings
 from auth_service.server import start as start_auth
-from shared.migrations import SERVICES, migrate
 from shared.server import RunningServer
 from tests.auth_helpers import TEST_REGISTRATION_LIMITS
-from tests.databases import admin_url, throwaway_database
+from tests.databases import admin_url, migrated_database, throwaway_database
 from tests.wallet_helpers import Caller, new_service, new_user
 from wallet_service.config import WalletSettings
 from wallet_service.server import start as start_wallet
@@ -24,9 +23,7 @@ def database_server_url() -> str:
 @pytest.fixture(scope="session")
 def database_url(database_server_url: str) -> Iterator[str]:
     """One migrated database shared by the session's servers."""
-    with throwaway_database(database_server_url) as url:
-        for service in SERVICES:
-            migrate(url, service)
+    with migrated_database(database_server_url) as url:
         yield url
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo, sql
 
+from shared.migrations import SERVICES, migrate
+
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 PRIVATE_DATA = Path(__file__).resolve().parent.parent / ".data" / "test-postgres"
 
@@ -44,6 +46,15 @@ def throwaway_database(server_url: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@contextlib.contextmanager
+def migrated_database(server_url: str) -> Iterator[str]:
+    """A throwaway database with both services' migrations applied."""
+    with throwaway_database(server_url) as url:
+        for service in SERVICES:
+            migrate(url, service)
+        yield url
 
 
 def terminate_backends(database_url: str, *, sparing: str | None = None) -> int:

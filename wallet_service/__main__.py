@@ -6,16 +6,18 @@ import sys
 from shared.config import load_settings
 from shared.logs import configure_logging
 from shared.migrations import migrate
-from shared.server import serve_until_signal
+from shared.server import serve
 from shared.workers import Worker, run_service, this_worker, workers_for
 from wallet_service.config import WalletSettings
 from wallet_service.server import start
 
 
 async def _serve(settings: WalletSettings, worker: Worker) -> None:
-    running = await start(settings, worker)
-    await serve_until_signal(
-        running, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds
+    await serve(
+        "wallet",
+        lambda: start(settings, worker),
+        settings.shutdown_grace_seconds,
+        settings.shutdown_drain_seconds,
     )
 
 

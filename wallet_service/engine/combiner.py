@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from google.protobuf.message import Message
+from opentelemetry.trace import SpanContext
 
+from shared import tracing
 from wallet_service.engine.operations.base import Operation
 
 # The most operations one transaction applies: bounds how long its row locks are held.
@@ -34,6 +36,8 @@ class Waiting:
     wallets: frozenset[UUID]
     answer: asyncio.Future[Message] = field(default_factory=asyncio.Future)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # The call's span (tracing on): the group's transaction span links to it.
+    span: SpanContext | None = field(default_factory=tracing.current_span_context)
 
     @property
     def key(self) -> tuple[str, str] | None:

@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 from psycopg import errors as pg_errors
 from psycopg import pq
 
+from shared import tracing
 from shared.deadlines import answer_margin, set_call_deadline
 from shared.errors import (
     ServiceError,
@@ -179,6 +180,11 @@ class Engine:
         if not group.members:
             return
         set_call_deadline(group.seconds_left())  # the pool waits no longer than its members
+        attributes = {"db.system": "postgresql", "wallet.operations": len(group.members)}
+        with tracing.linked_span("money transaction", (m.span for m in members), attributes):
+            await self._attempts(group)
+
+    async def _attempts(self, group: "_Group") -> None:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
