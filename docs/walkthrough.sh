@@ -200,7 +200,7 @@ OPS=$($G -plaintext -d "$OPS_ACCOUNT" $AUTH auth.v1.AuthService/IssueServiceToke
 expect_token "$OPS"
 
 # Grace follows her wallets' events. A stream starts "from now" once the server has read where
-# now is; its first heartbeat (every WATCH_HEARTBEAT_SECONDS, 15 s by default) says it has.
+# now is; its first message, a heartbeat, says it has.
 $G -plaintext -H "authorization: Bearer $GRACE" -d '{}' -max-time 60 \
   $WALLET wallet.v1.WalletService/WatchEvents >"$EVENTS" &
 echo "waiting for the first heartbeat of Grace's stream"

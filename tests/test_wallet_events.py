@@ -34,6 +34,7 @@ class Watcher:
         )
         self.events: list[wallet_pb2.WalletEvent] = []
         self.heartbeats = 0
+        self.heartbeat_cursors: list[str] = []
         self.error: grpc.aio.AioRpcError | None = None
         self._reader = asyncio.create_task(self._read())
 
@@ -44,6 +45,7 @@ class Watcher:
                     self.events.append(message.event)
                 else:
                     self.heartbeats += 1
+                    self.heartbeat_cursors.append(message.heartbeat.cursor)
         except asyncio.CancelledError:
             pass
         except grpc.aio.AioRpcError as error:
@@ -67,7 +69,8 @@ async def watching(
     caller: Caller, after_cursor: str = "", wallet_id: str = ""
 ) -> AsyncIterator[Watcher]:
     watcher = Watcher(caller, after_cursor, wallet_id)
-    await asyncio.sleep(0.3)  # the stream has taken its starting position
+    # The first heartbeat says the stream has taken its starting point.
+    await watcher.wait_for(lambda watcher: watcher.heartbeats >= 1)
     try:
         yield watcher
     finally:
@@ -136,6 +139,20 @@ async def test_resuming_from_a_cursor_gives_every_later_event_once(
         await resumed.wait_for(lambda w: len(posted(w)) >= 7)
         await asyncio.sleep(0.3)
     assert [e.entry.sequence for e in posted(resumed)] == list(range(5, 12))
+
+
+async def test_a_heartbeats_cursor_resumes_a_stream_that_has_sent_no_event_yet(
+    user: Caller, payments: Caller
+) -> None:
+    wallet_id = (await user.create_wallet()).id
+    async with watching(user, wallet_id=wallet_id) as first:
+        cursor = first.heartbeat_cursors[0]
+    assert first.events == []
+    # Money moves while no stream is open: a new stream from now would never show it.
+    await payments.credit(wallet_id, 5)
+    async with watching(user, after_cursor=cursor, wallet_id=wallet_id) as resumed:
+        await resumed.wait_for(lambda w: len(posted(w)) >= 1)
+    assert [(e.entry.sequence, e.entry.balance_change) for e in posted(resumed)] == [(1, 5)]
 
 
 async def test_who_may_watch_what(
@@ -339,6 +356,7 @@ async def test_a_reader_that_stops_reading_stops_the_servers_reading_too(
         call = wallet_pb2_grpc.WalletServiceStub(channel).WatchEvents(
             wallet_pb2.WatchEventsRequest(wallet_id=wallet_id), metadata=admin.metadata
         )
+        assert (await call.read()).heartbeat.cursor  # the stream has its starting point
         await payments.credit(wallet_id, 1)
         while (await call.read()).event.type != POSTED:  # "now" may come before the creation
             pass

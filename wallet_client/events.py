@@ -78,6 +78,8 @@ class EventStream:
                         if message.HasField("event"):
                             self.cursor = message.event.cursor
                             yield message.event
+                        elif message.heartbeat.cursor:  # no gap, even before a first event
+                            self.cursor = message.heartbeat.cursor
                 error: WalletError | None = None  # the server ended the stream: open it again
             except WalletError as caught:  # the stream's, or a token that cannot be renewed yet
                 error = caught

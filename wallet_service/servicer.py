@@ -392,6 +392,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         principal: Principal,
         sees_all: bool,
     ) -> AsyncIterator[wallet_pb2.WatchEventsResponse]:
+        # Heartbeats say where the stream is: the last event's cursor, or its starting point's.
+        cursor = _event_cursor(position, int(time.time()))
+        yield _heartbeat(cursor)  # the first one says the stream has its starting point
         heartbeat_due = time.monotonic() + self._watching.heartbeat_seconds
         while True:
             generation = self._feed.generation
@@ -401,7 +404,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 )
             for stored in page.events:
                 event = wallet_pb2.WalletEvent.FromString(stored.payload)
-                event.cursor = _event_cursor(stored.position, event.create_time.seconds)
+                event.cursor = cursor = _event_cursor(stored.position, event.create_time.seconds)
                 yield wallet_pb2.WatchEventsResponse(
                     event=events.redacted(
                         event, sees_all or stored.requested_by == principal.subject
@@ -412,9 +415,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             if len(page.events) == EVENT_PAGE_SIZE:
                 continue  # more to read at once
             if time.monotonic() >= heartbeat_due:
-                yield wallet_pb2.WatchEventsResponse(
-                    heartbeat=wallet_pb2.Heartbeat(time=to_timestamp(_now()))
-                )
+                yield _heartbeat(cursor)
                 heartbeat_due = time.monotonic() + self._watching.heartbeat_seconds
             # Committed events waiting for an older transaction: look again shortly.
             wait = HELD_BACK_RECHECK_SECONDS if page.held_back else heartbeat_due - time.monotonic()
@@ -444,6 +445,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
 def _event_cursor(position: events_store.Position, created_epoch: int) -> str:
     return page_tokens.encode(["ev", position.xid, position.id, created_epoch], ["events"])
+
+
+def _heartbeat(cursor: str) -> wallet_pb2.WatchEventsResponse:
+    return wallet_pb2.WatchEventsResponse(
+        heartbeat=wallet_pb2.Heartbeat(time=to_timestamp(_now()), cursor=cursor)
+    )
 
 
 def _batch_leg(principal: Principal, index: int, movement: wallet_pb2.BatchMovement) -> batches.Leg:
