@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock proto run migrate test fuzz lint contract-check walkthrough bench soak up down clean \
-	service-account rotate-keys revoke-key check-invariants
+	service-account rotate-keys revoke-key check-invariants restore-drill
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ migrate: $(GENERATED) ## Apply pending migrations (make run and the services do 
 
 check-invariants: $(GENERATED) ## Check every balance against the ledger (exit 1 if one fails)
 	$(OPERATOR) wallet_service.admin check-invariants
+
+restore-drill: $(GENERATED) ## Back up, restore into a new database, check the copy [RESTORE_SERVER_URL=...]
+	$(OPERATOR) shared.restore_drill $(if $(RESTORE_SERVER_URL),--restore-server "$(RESTORE_SERVER_URL)")
 
 up: ## docker compose up (needs a Docker engine)
 	docker compose up --build

@@ -121,12 +121,15 @@ def _check_applied(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Apply the services' SQL migrations.")
-    parser.add_argument("services", nargs="*", default=list(SERVICES), choices=SERVICES)
+    # Checked here, not with `choices`: Python 3.11's argparse refuses an empty list then.
+    parser.add_argument("services", nargs="*", help=f"any of {', '.join(SERVICES)} (default: all)")
     args = parser.parse_args(argv)
+    if unknown := sorted(set(args.services) - set(SERVICES)):
+        parser.error(f"unknown service {', '.join(unknown)}: choose from {', '.join(SERVICES)}")
     logging.basicConfig(level="INFO", format="%(message)s")
     database_url = load_settings(CommonSettings).database_url
     try:
-        for service in args.services:
+        for service in args.services or SERVICES:
             applied = migrate(database_url, service)
             print(f"{service}: {len(applied)} migration(s) applied {applied or ''}".rstrip())
     except (MigrationError, psycopg.Error) as error:

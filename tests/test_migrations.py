@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.migrations import MIGRATIONS_ROOT, SERVICES, MigrationError, migrate
+from shared.migrations import MIGRATIONS_ROOT, SERVICES, MigrationError, main, migrate
 from wallet_service.admin import check_invariants
 
 
@@ -26,6 +26,19 @@ def test_every_service_migrates_an_empty_database(empty_database_url: str) -> No
     with psycopg.connect(empty_database_url) as conn:
         schemas = {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace")}
     assert set(SERVICES) <= schemas
+
+
+def test_the_command_without_arguments_migrates_every_service(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", empty_database_url)  # as `make migrate` runs it
+    assert main([]) == 0
+    for service in SERVICES:
+        on_disk = list((MIGRATIONS_ROOT / service).glob("*.sql"))
+        assert len(applied_versions(empty_database_url, service)) == len(on_disk)
+    assert main(["wallet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["ledger"])
 
 
 def test_running_again_applies_nothing(empty_database_url: str) -> None:
