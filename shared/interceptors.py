@@ -3,7 +3,7 @@
 Each interceptor wraps the unary handler that gRPC resolved for a call, so the
 wrapper runs inside the handler's own task (context variables set there are seen
 by the servicer). Streaming handlers (health Watch, reflection) pass through.
-Order in `build_server`: logging (outermost), errors, then the service's own.
+Order in `start_server`: tracing when on (outermost), logging, errors, then the service's own.
 """
 
 import asyncio

@@ -194,13 +194,17 @@ async def test_a_cursor_must_be_one_the_api_issued_and_not_older_than_the_retent
             ).read(),
         )
     old = page_tokens.encode(["ev", 1, 1, int(time.time()) - 8 * 86400], ["events"])
-    await expect_error(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "CURSOR_EXPIRED",
-        user.stub.WatchEvents(
-            wallet_pb2.WatchEventsRequest(after_cursor=old), metadata=user.metadata
-        ).read(),
-    )
+    # A transaction id this cluster has not handed out yet: a cursor from before a restore
+    # (elsewhere, or to an earlier instant) would skip the events written since.
+    from_before_a_restore = page_tokens.encode(["ev", 2**62, 1, int(time.time())], ["events"])
+    for cursor in (old, from_before_a_restore):
+        await expect_error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CURSOR_EXPIRED",
+            user.stub.WatchEvents(
+                wallet_pb2.WatchEventsRequest(after_cursor=cursor), metadata=user.metadata
+            ).read(),
+        )
 
 
 async def test_an_idle_stream_gets_heartbeats(

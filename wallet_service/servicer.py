@@ -440,6 +440,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             raise failed_precondition(
                 "CURSOR_EXPIRED", "events this old are no longer kept; start again from now"
             )
+        if xid >= await events_store.next_transaction_id(conn):
+            # Issued before the database was restored elsewhere or to an earlier instant:
+            # resuming after it would skip the events written since.
+            raise failed_precondition(
+                "CURSOR_EXPIRED", "this cursor is from before a restore; start again from now"
+            )
         return events_store.Position(xid, event_id)
 
 

@@ -108,6 +108,14 @@ async def horizon(conn: Conn) -> Position:
     return Position(int(row["xmin"]), 0)
 
 
+async def next_transaction_id(conn: Conn) -> int:
+    """The id the next transaction of this cluster will get: every event ever written here
+    has a smaller one (a larger one comes from another cluster, or a lost timeline)."""
+    row = await one(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax")
+    assert row is not None
+    return int(row["xmax"])
+
+
 async def delete_older_than(conn: Conn, days: float) -> int:
     cursor = await conn.execute(
         "DELETE FROM wallet.events WHERE created_at < now() - make_interval(secs => %s)",
