@@ -104,3 +104,24 @@ async def test_an_operation_that_gives_up_while_waiting_leaves_no_trace() -> Non
     async with asyncio.timeout(1):
         await submit(combiner, waiting(first, second))  # both wallets free again
     assert [len(group) for group in runner.groups] == [1, 1]
+
+
+async def test_when_every_transaction_is_taken_operations_on_any_wallets_share_the_next() -> None:
+    runner = Recorder()
+    combiner = Combiner(runner, max_transactions=2)
+    running = [asyncio.create_task(submit(combiner, waiting(uuid.uuid4()))) for _ in range(2)]
+    await asyncio.sleep(0)
+    # Four more on wallets nobody uses; one shares its key with an earlier one.
+    c, d, e, f = (
+        waiting(uuid.uuid4(), key="k"),
+        waiting(uuid.uuid4(), key="k"),
+        waiting(uuid.uuid4()),
+        waiting(uuid.uuid4()),
+    )
+    queued = [asyncio.create_task(submit(combiner, item)) for item in (c, d, e, f)]
+    await asyncio.sleep(0.01)
+    assert [len(group) for group in runner.groups] == [1, 1]  # no transaction free
+    runner.release.set()
+    await asyncio.gather(*running, *queued)
+    # The first free transaction takes them all in arrival order, but a key once.
+    assert runner.groups[2:] == [[c, e, f], [d]]

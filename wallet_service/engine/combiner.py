@@ -6,8 +6,11 @@ in arrival order, as one group: the engine runs a group as one database transact
 each row lock once, so a hot wallet serves a whole queue per commit instead of one operation.
 
 Waiting operations keep their place: a later one never overtakes an earlier one on a wallet
-they share, so none starves. Groups on disjoint wallets run side by side. The database's row
-locks still decide between processes; this only orders what one process sends.
+they share, so none starves. Groups on disjoint wallets run side by side, as many at once as
+the process has transactions for (`max_transactions`, about its pool); when more are ready,
+they share transactions too, so that under load a transaction's cost (its round trips, its
+commit) is paid once for many movements on any wallets. The database's row locks still decide
+between processes; this only orders what one process sends.
 """
 
 import asyncio
@@ -54,11 +57,15 @@ class Waiting:
 
 
 RunGroup = Callable[[list[Waiting]], Awaitable[None]]
+# Operations that may start together: (members, their wallets, their keys).
+_Group = tuple[list[Waiting], set[UUID], set[tuple[str, str] | None]]
 
 
 class Combiner:
-    def __init__(self, run_group: RunGroup) -> None:
+    def __init__(self, run_group: RunGroup, max_transactions: int = 8) -> None:
         self._run_group = run_group  # settles every member's answer
+        self._max_transactions = max_transactions
+        self._transactions = 0  # running now, alone or as a group
         self._queue: list[Waiting] = []
         self._busy: set[UUID] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -70,7 +77,11 @@ class Combiner:
         `gave_up()` is raised, and the operation was not started."""
         # Nobody retrieves the answer of a caller that went away: say it was looked at.
         waiting.answer.add_done_callback(lambda answer: answer.cancelled() or answer.exception())
-        if not self._queue and not waiting.wallets & self._busy:
+        if (
+            not self._queue
+            and not waiting.wallets & self._busy
+            and self._transactions < self._max_transactions
+        ):
             await self._run_alone(waiting)  # the uncontended path: no task, no queue
             return waiting.answer.result()
         self._queue.append(waiting)
@@ -92,16 +103,37 @@ class Combiner:
     async def _run_alone(self, waiting: Waiting) -> None:
         waiting.started.set()
         self._busy |= waiting.wallets
+        self._transactions += 1
         try:
             await self._run_group([waiting])
         finally:
+            self._transactions -= 1
             self._busy -= waiting.wallets
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Starts every group that can run now, in arrival order."""
+        """Starts what can run now, in arrival order, in the transactions free."""
+        free = self._max_transactions - self._transactions
+        if free <= 0 or not self._queue:
+            return
+        for members, group_wallets in _packed(self._ready_groups(), free):
+            for waiting in members:
+                self._queue.remove(waiting)
+                waiting.started.set()
+            self._busy |= group_wallets
+            self._transactions += 1
+            # A context of its own: a group serves several calls, none of whose deadlines
+            # (or request ids) it inherits from the task that happened to dispatch it.
+            task = asyncio.create_task(
+                self._run(members, group_wallets), context=contextvars.Context()
+            )
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _ready_groups(self) -> list[_Group]:
+        """The queued operations that may start now, grouped by the wallets they share."""
         blocked = set(self._busy)  # and the wallets of earlier operations still waiting
-        groups: list[tuple[list[Waiting], set[UUID], set[tuple[str, str] | None]]] = []
+        groups: list[_Group] = []
         for waiting in self._queue:
             wallets = waiting.wallets
             if wallets & blocked:
@@ -123,23 +155,13 @@ class Combiner:
             members.append(waiting)
             group_wallets |= wallets
             keys.add(waiting.key)
-        for members, group_wallets, _ in groups:
-            for waiting in members:
-                self._queue.remove(waiting)
-                waiting.started.set()
-            self._busy |= group_wallets
-            # A context of its own: a group serves several calls, none of whose deadlines
-            # (or request ids) it inherits from the task that happened to dispatch it.
-            task = asyncio.create_task(
-                self._run(members, group_wallets), context=contextvars.Context()
-            )
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        return groups
 
     async def _run(self, members: list[Waiting], wallets: set[UUID]) -> None:
         try:
             await self._run_group(members)
         finally:
+            self._transactions -= 1
             self._busy -= wallets
             self._dispatch()
 
@@ -147,3 +169,26 @@ class Combiner:
         for task in list(self._running):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _packed(groups: list[_Group], transactions: int) -> list[tuple[list[Waiting], set[UUID]]]:
+    """The groups, in order, in at most `transactions` transactions: each its own while there
+    are enough, else shared about evenly, up to MAX_GROUP operations and each key once. A
+    group that fits nowhere waits for the next free transaction."""
+    if len(groups) <= transactions:
+        return [(members, wallets) for members, wallets, _ in groups]
+    share = max(1, -(-sum(len(members) for members, _, _ in groups) // transactions))
+    packed: list[_Group] = []
+    for members, wallets, keys in groups:
+        last = packed[-1] if packed else None
+        if (
+            last is not None
+            and len(last[0]) + len(members) <= min(share, MAX_GROUP)
+            and not (keys & last[2]) - {None}
+        ):
+            last[0].extend(members)
+            last[1].update(wallets)
+            last[2].update(keys)
+        elif len(packed) < transactions:
+            packed.append((list(members), set(wallets), set(keys)))
+    return [(members, wallets) for members, wallets, _ in packed]

@@ -157,7 +157,8 @@ class Engine:
         self._pool = pool
         self._limits = limits
         self._events_committed = events_committed  # wakes the event watchers
-        self._combiner = Combiner(self._run_group)
+        # Money transactions at once: most of the pool, leaving connections for reads.
+        self._combiner = Combiner(self._run_group, max_transactions=max(1, pool.max_size - 2))
 
     async def execute(self, operation: Operation, call: Call) -> Message:
         """Runs `operation` once, whatever the retries; returns its answer or raises its
