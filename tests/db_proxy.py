@@ -22,6 +22,7 @@ class _Link:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     drop_next_answer: bool = False
+    marked: bool = False  # has sent the marker of the COMMIT to cut
 
     def cut(self) -> None:
         for writer in (self.client, self.server):
@@ -37,6 +38,7 @@ class DatabaseProxy:
     refusing: bool = False
     answers_muted: bool = False  # the server's bytes are dropped; connections stay open
     commits_to_cut: int = 0
+    cut_markers: tuple[bytes, ...] = (b"",)  # only a COMMIT on a connection that sent one
     links: set[_Link] = field(default_factory=set)
     _server: asyncio.Server | None = None
 
@@ -46,9 +48,13 @@ class DatabaseProxy:
             database_url, host="127.0.0.1", port=str(self.port), sslmode="disable"
         )
 
-    def cut_after_next_commit(self) -> None:
-        """The next COMMIT reaches the server, but its answer is dropped with the connection."""
+    def cut_after_next_commit(self, *markers: bytes) -> None:
+        """The next COMMIT reaches the server, but its answer is dropped with the connection.
+        With `markers` (an idempotency key, a wallet id's 16 bytes: parameters travel as they
+        are), only a COMMIT on a connection that has sent one of them counts, not one of some
+        other work (a NOTIFY, say)."""
         self.commits_to_cut += 1
+        self.cut_markers = markers or (b"",)
 
     def cut_all(self) -> None:
         """Cuts every open connection, as a database restart does."""
@@ -89,7 +95,9 @@ class DatabaseProxy:
     async def _to_server(self, reader: asyncio.StreamReader, link: _Link) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while chunk := await reader.read(65536):
-                if self.commits_to_cut and b"COMMIT" in chunk:
+                if self.commits_to_cut and any(marker in chunk for marker in self.cut_markers):
+                    link.marked = True
+                if self.commits_to_cut and link.marked and b"COMMIT" in chunk:
                     self.commits_to_cut -= 1
                     link.drop_next_answer = True
                 link.server.write(chunk)

@@ -89,6 +89,47 @@ async def test_a_client_deadline_bounds_the_servers_wait_for_a_lock(
         assert lock_waiters(database_url) == 0
 
 
+async def test_a_short_deadline_in_a_group_answers_only_its_own_call(
+    user: Caller, payments: Caller, database_url: str, patient_server: RunningServer
+) -> None:
+    wallet_id = await funded(user, payments)
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{patient_server.port}") as channel,
+        await psycopg.AsyncConnection.connect(database_url) as blocker,
+        await psycopg.AsyncConnection.connect(database_url) as other_instance,
+    ):
+        owner = Caller(wallet_pb2_grpc.WalletServiceStub(channel), user.token)
+        lock = "SELECT 1 FROM wallet.wallets WHERE id = %s FOR UPDATE"
+        await blocker.execute(lock, (wallet_id,))
+        first = asyncio.create_task(owner.debit(wallet_id, 1))  # alone, waits for the row
+        for _ in range(500):  # until it waits in PostgreSQL's queue for the row
+            if lock_waiters(database_url):
+                break
+            await asyncio.sleep(0.01)
+
+        async def hold_after_first() -> None:  # next in line after `first`, for 1.5 s
+            await other_instance.execute(lock, (wallet_id,))
+            await asyncio.sleep(1.5)
+            await other_instance.commit()
+
+        holding = asyncio.create_task(hold_after_first())
+        await asyncio.sleep(0.2)
+
+        def debit() -> wallet_pb2.DebitRequest:
+            return wallet_pb2.DebitRequest(wallet_id=wallet_id, amount=1, idempotency_key=new_key())
+
+        # These two wait for `first` in this process, then go as one group.
+        patient = asyncio.create_task(owner.call("Debit", debit(), deadline_seconds=30))
+        hasty = asyncio.create_task(owner.call("Debit", debit(), deadline_seconds=1.6))
+        await asyncio.sleep(0.2)
+        await blocker.commit()
+        await first
+        await holding
+        await expect_error(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", hasty)
+        # The hasty call's limit was not the patient one's: it waited on, and succeeded.
+        assert (await patient).balance_after == 98
+
+
 async def test_a_timed_out_movement_applied_nothing_and_its_key_still_works(
     user: Caller, payments: Caller, database_url: str
 ) -> None:

@@ -3,8 +3,10 @@ pooled connections, a database that is down and comes back. Every answer must be
 outcome is only "unknown" when the service cannot find out, and the service finds out."""
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -48,6 +50,18 @@ class ProxiedWallet:
 async def proxied(
     wallet_settings: WalletSettings, database_server_url: str, user: Caller, payments: Caller
 ) -> AsyncIterator[ProxiedWallet]:
+    async with proxied_wallet(wallet_settings, database_server_url, user, payments) as wallet:
+        yield wallet
+
+
+@contextlib.asynccontextmanager
+async def proxied_wallet(
+    wallet_settings: WalletSettings,
+    database_server_url: str,
+    user: Caller,
+    payments: Caller,
+    **settings: object,
+) -> AsyncIterator[ProxiedWallet]:
     with throwaway_database(database_server_url) as url:
         migrate(url, "wallet")
         async with database_proxy(url) as proxy:
@@ -58,6 +72,7 @@ async def proxied(
                         "db_pool_min_size": 2,
                         "db_pool_max_size": 4,
                         "health_check_interval_seconds": 0.5,
+                        **settings,
                     }
                 )
             )
@@ -91,7 +106,7 @@ async def test_a_commit_whose_answer_was_lost_is_answered_with_its_outcome(
     wallet = await proxied.owner.create_wallet()
     await proxied.credit_service.credit(wallet.id, 1000)
     key = new_key()
-    proxied.proxy.cut_after_next_commit()
+    proxied.proxy.cut_after_next_commit(key.encode())
     # The debit commits, the connection dies before the service hears so: the service must
     # find out on a fresh connection and answer the real outcome, not UNAVAILABLE.
     response = await proxied.owner.debit(wallet.id, 300, key)
@@ -103,6 +118,70 @@ async def test_a_commit_whose_answer_was_lost_is_answered_with_its_outcome(
     assert again.transaction.id == response.transaction.id
     ok, report = await check_invariants(proxied.database_url)
     assert ok, report
+
+
+@pytest.mark.parametrize(
+    "status", [wallet_pb2.WALLET_STATUS_FROZEN, wallet_pb2.WALLET_STATUS_CLOSED]
+)
+async def test_a_status_change_whose_commit_answer_was_lost_is_answered_and_recorded_once(
+    proxied: ProxiedWallet, admin: Caller, status: int
+) -> None:
+    wallet = await proxied.owner.create_wallet()
+    operator = Caller(proxied.owner.stub, admin.token)
+    # The change takes no key: the service's retry must find it done, not refuse it (a closed
+    # wallet stays closed) or record it twice.
+    wallet_id = uuid.UUID(wallet.id)  # as psycopg may send it: in an array, or binary
+    proxied.proxy.cut_after_next_commit(wallet_id.hex.encode(), wallet_id.bytes)
+    response = await operator.call(
+        "UpdateWalletStatus",
+        wallet_pb2.UpdateWalletStatusRequest(wallet_id=wallet.id, status=status, reason="r"),
+    )
+    assert proxied.proxy.commits_to_cut == 0, "the fault was not injected"
+    assert response.wallet.status == status
+    with psycopg.connect(proxied.database_url) as conn:
+        changes = conn.execute(
+            "SELECT count(*) FROM wallet.wallet_status_changes WHERE wallet_id = %s",
+            (wallet.id,),
+        ).fetchone()
+    assert changes == (1,)
+
+
+async def test_a_database_that_stops_answering_mid_transaction_does_not_hold_the_wallet(
+    wallet_settings: WalletSettings, database_server_url: str, user: Caller, payments: Caller
+) -> None:
+    async with proxied_wallet(
+        wallet_settings,
+        database_server_url,
+        user,
+        payments,
+        lock_timeout_seconds=0.5,
+        statement_timeout_seconds=1.0,
+    ) as proxied:
+        wallet = await proxied.owner.create_wallet()
+        await proxied.credit_service.credit(wallet.id, 1000)
+        key = new_key()
+        # Every answer of the database is lost for a moment (a partition): the debit's
+        # transaction never hears back, on a connection that stays open.
+        proxied.proxy.answers_muted = True
+        lost = asyncio.create_task(
+            proxied.owner.call(
+                "Debit",
+                wallet_pb2.DebitRequest(wallet_id=wallet.id, amount=100, idempotency_key=key),
+            )
+        )
+        await asyncio.sleep(0.3)
+        proxied.proxy.answers_muted = False
+        # The attempt is given up after its limits and a margin; the retry finds the outcome.
+        try:
+            first = await lost
+            assert first.balance_after == 900
+        except grpc.aio.AioRpcError as error:  # told to retry: the outcome is unknown to it
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+        again = await proxied.owner.debit(wallet.id, 100, key)
+        assert again.balance_after == 900
+        # The wallet is free again for everyone else.
+        assert (await proxied.owner.debit(wallet.id, 1)).balance_after == 899
+        assert transactions_with_key(proxied.database_url, key) == 1
 
 
 async def test_dead_pooled_connections_after_a_database_blip_cost_no_call(

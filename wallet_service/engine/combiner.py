@@ -28,6 +28,8 @@ from wallet_service.engine.operations.base import Operation
 
 # The most operations one transaction applies: bounds how long its row locks are held.
 MAX_GROUP = 64
+# At shutdown, how long running groups may still take (in-flight calls had their grace).
+STOP_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -165,8 +167,15 @@ class Combiner:
             self._busy -= wallets
             self._dispatch()
 
-    async def stop(self) -> None:
-        for task in list(self._running):
+    async def stop(self, seconds: float = STOP_SECONDS) -> None:
+        """Lets running groups finish for `seconds`, then cancels them (a group whose
+        database stopped answering must not hold a shutdown)."""
+        if not self._running:
+            return
+        _, late = await asyncio.wait(set(self._running), timeout=seconds)
+        for task in late:
+            task.cancel()
+        for task in late:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

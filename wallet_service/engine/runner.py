@@ -28,6 +28,7 @@ that the outcome is unknown and to retry with the same key.
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 from collections.abc import AsyncIterator, Callable
@@ -63,9 +64,14 @@ from wallet_service.store import ledger as ledger_store
 from wallet_service.store import wallets as wallets_store
 from wallet_service.store.ledger import Outcome, Writes
 
+log = logging.getLogger(__name__)
+
 # Lost races are retried this many times at most (always within the client's deadline): a
 # hot wallet in SERIALIZABLE mode makes every waiting transaction lose to the one before it.
 MAX_ATTEMPTS = 20
+# An attempt that takes longer than its lock wait and statements allow, by this much, finds
+# the database not answering: its connection is closed and the outcome found out by retrying.
+ATTEMPT_MARGIN_SECONDS = 1.0
 # Below this there is no point starting: not even an uncontended movement fits.
 MIN_USABLE_SECONDS = 0.002
 # The longest an operation waits for the earlier ones of this process on the same wallet
@@ -186,48 +192,63 @@ class Engine:
             await self._attempts(group)
 
     async def _attempts(self, group: "_Group") -> None:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        """Attempts the group's transaction until it commits or every member has an answer.
+        A retry keeps only the members that still have time: one member's short deadline
+        answers that member, not the others."""
+        attempt = 0
+        while group.members:
+            attempt += 1
             try:
                 async with self._pool.connection() as conn:
                     try:
-                        outcomes, writes = await self._transaction(conn, group)
-                    except BaseException:
-                        await _discard_if_unclean(conn)
+                        # Bounded here too: a database that stops answering (a partition, a
+                        # host gone without a reset) must not hold the wallets forever.
+                        async with asyncio.timeout(group.attempt_seconds()):
+                            outcomes, writes = await self._transaction(conn, group)
+                    except BaseException as error:
+                        await _discard_if_unclean(conn, force=isinstance(error, TimeoutError))
                         raise
             except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
-                group.settle_all(lambda member: _wait_over(group.lock_set_by_deadline(member)))
-                return
+                group = group.after_lock_wait()
+                continue
             except (
                 pg_errors.SerializationFailure,
                 pg_errors.DeadlockDetected,
                 StartAgain,
             ) as error:
-                if await _given_up(attempt, group, error):
-                    return
+                group = await _next_attempt(attempt, group, error)
+                continue
             except pg_errors.UniqueViolation as error:
                 if error.diag.constraint_name not in ONE_USE_PER_KEY:
                     return await self._one_by_one(group, error)
                 # Another request with this key committed first: the next claim replays it.
-                if await _given_up(attempt, group, error):
-                    return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                if not connection_lost(error):
+                group = await _next_attempt(attempt, group, error)
+                continue
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+                if not (isinstance(error, TimeoutError) or connection_lost(error)):
                     return await self._one_by_one(group, error)
                 # Perhaps committed, perhaps not: the next attempt's claims find out.
-                if await _given_up(attempt, group, error):
-                    return
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+                group = await _next_attempt(attempt, group, error)
+                continue
+            except psycopg_pool.PoolTimeout:  # nothing was sent: no need to try one by one
+                group.settle_all(lambda _: _database_unavailable())
+                return
+            except psycopg.Error as error:
                 return await self._one_by_one(group, error)
             except Exception as error:  # a bug: it must still settle every member
                 return await self._one_by_one(group, error)
-            else:
-                record_committed(writes)
-                if writes.events:
-                    self._events_committed()
-                for member, outcome in zip(group.members, outcomes, strict=True):
-                    member.settle(outcome)
-                return
-        raise AssertionError("every attempt either returns or gives up")
+            for member, outcome in zip(group.members, outcomes, strict=True):
+                member.settle(outcome)  # first: nothing below may keep an answer back
+            self._after_commit(writes)
+            return
+
+    def _after_commit(self, writes: Writes) -> None:
+        try:
+            record_committed(writes)
+            if writes.events:
+                self._events_committed()
+        except Exception:
+            log.exception("after a commit: could not count it or wake the event watchers")
 
     async def _one_by_one(self, group: "_Group", error: BaseException) -> None:
         """An unexpected error in a group: each operation alone, so the error is only the
@@ -304,6 +325,7 @@ class _Group:
     """The members of a group that may still start, and what their transaction needs."""
 
     def __init__(self, members: list[Waiting], limits: Limits) -> None:
+        self.limits = limits
         self.members: list[Waiting] = []
         self._timeouts: dict[int, Timeouts] = {}
         for member in members:
@@ -323,9 +345,22 @@ class _Group:
         self.hold_ids = sorted({id_ for op in operations for id_ in op.hold_ids})
         self.refunded_ids = sorted({id_ for op in operations for id_ in op.refunded_ids})
 
-    def lock_set_by_deadline(self, member: Waiting) -> bool:
-        timeouts = self._timeouts[id(member)]
-        return timeouts.lock_set_by_deadline and timeouts.lock_ms == self.lock_ms
+    def attempt_seconds(self) -> float:
+        """How long an attempt may take before the database counts as not answering: its
+        lock wait and statements, and a margin."""
+        return (self.lock_ms + 2 * self.statement_ms) / 1000 + ATTEMPT_MARGIN_SECONDS
+
+    def after_lock_wait(self) -> "_Group":
+        """After a lock wait ran out: the members whose own limit it was are answered (a
+        limit set by their deadline or by the server); the others try again."""
+        rest = []
+        for member in self.members:
+            timeouts = self._timeouts[id(member)]
+            if timeouts.lock_ms == self.lock_ms or timeouts.statement_ms == self.statement_ms:
+                member.settle(_wait_over(timeouts.lock_set_by_deadline))
+            else:
+                rest.append(member)
+        return _Group(rest, self.limits)
 
     def seconds_left(self) -> float | None:
         """The least time any member's deadline leaves."""
@@ -368,7 +403,11 @@ async def _apply(
         if not record.claimed:
             return await _replay(conn, operation, record)
         if record.used_before:
-            answer = await operation.replay_stored(conn)
+            try:
+                answer = await operation.replay_stored(conn)
+            except ServiceError as error:  # the key was used for another request
+                book.release_key(principal, key)
+                return error
             book.record(Outcome(principal, key, None, answer.SerializeToString()))
             return answer
     try:
@@ -452,14 +491,20 @@ async def isolation(conn: store.Conn, serializable: bool) -> AsyncIterator[None]
             await conn.set_isolation_level(None)
 
 
-async def _discard_if_unclean(conn: store.Conn) -> None:
+async def _discard_if_unclean(conn: store.Conn, force: bool = False) -> None:
     """A connection left in pipeline mode or mid-query (a failure or a cancellation in the
-    middle of a pipeline) must not serve another call: close it, and the pool replaces it."""
+    middle of a pipeline), or one that stopped answering (`force`), must not serve another
+    call: close it, and the pool replaces it."""
     pgconn = conn.pgconn
-    if pgconn.pipeline_status != pq.PipelineStatus.OFF or pgconn.transaction_status not in (
-        pq.TransactionStatus.IDLE,
-        pq.TransactionStatus.INTRANS,
-        pq.TransactionStatus.INERROR,
+    if (
+        force
+        or pgconn.pipeline_status != pq.PipelineStatus.OFF
+        or pgconn.transaction_status
+        not in (
+            pq.TransactionStatus.IDLE,
+            pq.TransactionStatus.INTRANS,
+            pq.TransactionStatus.INERROR,
+        )
     ):
         await conn.close()
 
@@ -469,25 +514,36 @@ def connection_lost(error: psycopg.Error) -> bool:
     return error.sqlstate is None or error.sqlstate[:2] in ("08", "57")
 
 
-async def _given_up(attempt: int, group: _Group, error: Exception) -> bool:
-    """Waits a little before the next attempt (False), or settles every member with a status
-    that tells the client the outcome is unknown, to retry with the same key (True)."""
-    remaining = group.seconds_left()
-    if attempt < MAX_ATTEMPTS and (remaining is None or remaining > MIN_USABLE_SECONDS * 10):
+async def _next_attempt(attempt: int, group: _Group, error: Exception) -> _Group:
+    """After an attempt that may be retried: the members that get another, after a short
+    pause. The others (out of time, or after the last attempt) are answered with a status
+    that says the outcome is unknown, to retry with the same key."""
+    answer = _unknown_outcome(error)
+    if attempt >= MAX_ATTEMPTS:
+        group.settle_all(lambda _: answer)
+        return _Group([], group.limits)
+    rest = []
+    for member in group.members:
+        remaining = member.call.time_remaining()  # type: ignore[attr-defined]
+        if remaining is not None and remaining <= MIN_USABLE_SECONDS * 10:
+            member.settle(answer)
+        else:
+            rest.append(member)
+    if rest:
         await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
-        return False
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) and connection_lost(
-        error
+    return _Group(rest, group.limits)
+
+
+def _unknown_outcome(error: Exception) -> ServiceError:
+    if isinstance(error, TimeoutError) or (
+        isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        and connection_lost(error)
     ):
-        group.settle_all(
-            lambda _: unavailable(
-                "DATABASE_UNAVAILABLE", "database unavailable; retry with the same key"
-            )
-        )
-    else:
-        group.settle_all(
-            lambda _: aborted(
-                "CONCURRENT_UPDATE", "lost a race with concurrent updates; retry with the same key"
-            )
-        )
-    return True
+        return _database_unavailable()
+    return aborted(
+        "CONCURRENT_UPDATE", "lost a race with concurrent updates; retry with the same key"
+    )
+
+
+def _database_unavailable() -> ServiceError:
+    return unavailable("DATABASE_UNAVAILABLE", "database unavailable; retry with the same key")

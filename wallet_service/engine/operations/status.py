@@ -33,6 +33,11 @@ class SetStatus(Operation):
 
     def apply(self, book: Book, request_hash: str) -> tuple[Message, UUID | None]:
         wallet = book.wallets[self.wallet_id]
+        if (wallet.status, wallet.status_reason) == (self.status, self.reason):
+            # Already so: a repeat (a retry after an unknown outcome, say) changes nothing.
+            return wallet_pb2.UpdateWalletStatusResponse(
+                wallet=wallet_message(wallet.as_wallet(book.at))
+            ), None
         if wallet.status == WalletStatus.CLOSED:
             raise Refusal("WALLET_CLOSED", "a closed wallet stays closed", wallet_id=wallet.id)
         if self.status == WalletStatus.CLOSED and (wallet.balance or wallet.held):
