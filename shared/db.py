@@ -145,6 +145,7 @@ async def open_pool(
     name: str,
     configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
     statement_timeout_seconds: float | None = None,
+    autocommit: bool = False,
 ) -> Pool:
     """Opens the pool and waits for its first connections, so a bad URL fails at start-up."""
     pool = Pool(
@@ -156,7 +157,7 @@ async def open_pool(
         timeout=POOL_TIMEOUT_SECONDS,
         configure=configure,
         reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
-        kwargs=session_options(statement_timeout_seconds),
+        kwargs={**session_options(statement_timeout_seconds), "autocommit": autocommit},
     )
     await pool.open(wait=True, timeout=15.0)
     return pool

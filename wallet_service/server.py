@@ -46,6 +46,9 @@ async def start(settings: WalletSettings, worker: Worker = ALONE) -> RunningServ
         max_size=settings.db_pool_max_size,
         name="wallet",
         statement_timeout_seconds=settings.statement_timeout_seconds,
+        # A read is one round trip, not BEGIN, SELECT, COMMIT; money transactions send their
+        # own BEGIN and COMMIT (engine/runner.py), and the rest use conn.transaction().
+        autocommit=True,
     )
     channel_to_auth = auth_channel(settings, settings.auth_address, options=AUTH_CHANNEL_OPTIONS)
     verifier = _token_verifier(settings, channel_to_auth)

@@ -27,12 +27,12 @@ that the outcome is unknown and to retry with the same key.
 """
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -58,6 +58,7 @@ from wallet_service.engine.book import Book, LockedWallet
 from wallet_service.engine.combiner import Combiner, Waiting
 from wallet_service.engine.operations.base import Operation, Refusal
 from wallet_service.metrics import record_committed
+from wallet_service.models import Hold
 from wallet_service.store import holds as holds_store
 from wallet_service.store import idempotency
 from wallet_service.store import ledger as ledger_store
@@ -72,6 +73,8 @@ MAX_ATTEMPTS = 20
 # An attempt that takes longer than its lock wait and statements allow, by this much, finds
 # the database not answering: its connection is closed and the outcome found out by retrying.
 ATTEMPT_MARGIN_SECONDS = 1.0
+# A ROLLBACK after a failure that takes longer: the connection is closed instead.
+ROLLBACK_SECONDS = 1.0
 # Below this there is no point starting: not even an uncontended movement fits.
 MIN_USABLE_SECONDS = 0.002
 # The longest an operation waits for the earlier ones of this process on the same wallet
@@ -262,60 +265,86 @@ class Engine:
     async def _transaction(
         self, conn: store.Conn, group: "_Group"
     ) -> tuple[list[Message | ServiceError], Writes]:
-        """The group's transaction: every member's outcome, and what it wrote."""
-        async with (
-            isolation(conn, self._limits.serializable),
-            conn.pipeline(),
-            conn.transaction(),
-        ):
-            # The first round trip: everything the operations need, locks included.
-            await store.send_local_timeouts(conn, group.lock_ms, group.statement_ms)
-            claims = await idempotency.send_claims(conn, group.claims)
-            wallets = await wallets_store.send_lock(conn, group.wanted_wallets)
-            clock = await wallets_store.send_clock(conn, list(group.wanted_wallets))
-            holds = await holds_store.send_lock(conn, group.hold_ids) if group.hold_ids else None
-            refunded = (
-                await ledger_store.send_lock_refunded(conn, group.refunded_ids)
-                if group.refunded_ids
-                else None
+        """The group's transaction, in two round trips: every member's outcome, and what it
+        wrote. The connection is in autocommit mode, and BEGIN and COMMIT are sent as
+        statements within a pipeline: psycopg's own transaction blocks would add three round
+        trips of syncs."""
+        try:
+            async with conn.pipeline():  # the first round trip, as the block ends
+                await store.send_begin(conn, serializable=self._limits.serializable)
+                await store.send_local_timeouts(conn, group.lock_ms, group.statement_ms)
+                claims = await idempotency.send_claims(conn, group.claims)
+                wallets = await wallets_store.send_lock(conn, group.wanted_wallets)
+                clock = await wallets_store.send_clock(conn, list(group.wanted_wallets))
+                holds = (
+                    await holds_store.send_lock(conn, group.hold_ids) if group.hold_ids else None
+                )
+                refunded = (
+                    await ledger_store.send_lock_refunded(conn, group.refunded_ids)
+                    if group.refunded_ids
+                    else None
+                )
+            outcomes, writes = await self._decide(
+                conn, group, claims, wallets, clock, holds, refunded
             )
-            records = await claims.result()
-            rows = await wallets.result()
-            at, expired = await clock.result()
-            locked = wallets_store.locked_rows(rows, expired)
-            if any(row.newer_change for row in locked.values()):
-                raise StartAgain
-            book = Book(
-                at=at,
-                wallets={id_: _locked(row) for id_, row in locked.items()},
-                holds=await holds.result() if holds else {},
-                refunded=await refunded.result() if refunded else {},
-            )
-            outcomes = [await _apply(conn, book, member, records) for member in group.members]
-            writes = book.final_writes()
-            # The second: the write, then COMMIT as the block ends.
-            await ledger_store.send_write(conn, writes)
+            async with conn.pipeline():  # the second: the write, then COMMIT
+                written = await ledger_store.send_write(conn, writes)
+                await store.send_commit(conn)
+            await written.result()
+        except BaseException:
+            await _end_transaction(conn)
+            raise
         return outcomes, writes
+
+    async def _decide(
+        self,
+        conn: store.Conn,
+        group: "_Group",
+        claims: store.Pending[dict[tuple[str, str], idempotency.Record]],
+        wallets: store.Pending[list[dict[str, Any]]],
+        clock: store.Pending[tuple[datetime, dict[UUID, int]]],
+        holds: store.Pending[dict[UUID, Hold]] | None,
+        refunded: store.Pending[dict[UUID, int]] | None,
+    ) -> tuple[list[Message | ServiceError], Writes]:
+        """What each member does, from the first round trip's answers, in memory (a replay
+        may still read what it needs)."""
+        records = await claims.result()
+        rows = await wallets.result()
+        at, expired = await clock.result()
+        locked = wallets_store.locked_rows(rows, expired)
+        if any(row.newer_change for row in locked.values()):
+            raise StartAgain
+        book = Book(
+            at=at,
+            wallets={id_: _locked(row) for id_, row in locked.items()},
+            holds=await holds.result() if holds else {},
+            refunded=await refunded.result() if refunded else {},
+        )
+        outcomes = [await _apply(conn, book, member, records) for member in group.members]
+        return outcomes, book.final_writes()
 
     async def sweep_expired_holds(self, limit: int = 500) -> int:
         """Marks holds past their expiry as EXPIRED, with their events; returns how many.
         They stopped counting the instant they expired; this tidies their status. Safe with
         several instances: each hold is marked once, and a wallet a movement holds right now
         is skipped until the next round."""
-        async with (
-            self._pool.connection() as conn,
-            isolation(conn, self._limits.serializable),
-            conn.transaction(),
-        ):
-            rows, at, holds = await holds_store.lock_expired(conn, limit)
-            if not holds:
-                return 0
-            assert at is not None
-            book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
-            for hold in holds:
-                book.expire_hold(hold)
-            writes = book.final_writes()
-            await (await ledger_store.send_write(conn, writes)).result()
+        async with self._pool.connection() as conn:
+            try:
+                await store.send_begin(conn, serializable=self._limits.serializable)
+                rows, at, holds = await holds_store.lock_expired(conn, limit)
+                if not holds:
+                    await store.send_commit(conn)
+                    return 0
+                assert at is not None
+                book = Book(at=at, wallets={id_: _locked(row) for id_, row in rows.items()})
+                for hold in holds:
+                    book.expire_hold(hold)
+                writes = book.final_writes()
+                await (await ledger_store.send_write(conn, writes)).result()
+                await store.send_commit(conn)
+            except BaseException:
+                await _end_transaction(conn)
+                raise
         record_committed(writes)
         self._events_committed()
         return len(holds)
@@ -473,22 +502,26 @@ def _locked(row: wallets_store.LockedRow) -> LockedWallet:
     )
 
 
-@contextlib.asynccontextmanager
-async def isolation(conn: store.Conn, serializable: bool) -> AsyncIterator[None]:
-    """The transaction begun inside runs SERIALIZABLE when asked (set when BEGIN is sent: no
-    round trip); the connection goes back to the pool with its default."""
-    if not serializable:
-        yield
+async def _end_transaction(conn: store.Conn) -> None:
+    """After a failure, the connection goes back to the pool clean, or is closed (the pool
+    replaces it). A transaction that fails takes with it the statements PostgreSQL prepared
+    in it; psycopg's rollback() forgets them too, so it must be the one to roll back. A
+    transaction that failed at COMMIT is over already, and psycopg would still believe in
+    them: that connection is closed."""
+    await _discard_if_unclean(conn)
+    if conn.closed:
         return
-    await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+    if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        await conn.close()
+        return
     try:
-        yield
-    finally:
-        # A failed commit can leave the connection mid-pipeline, where the level cannot be
-        # reset (and resetting would hide the real error): such a connection is closed.
-        await _discard_if_unclean(conn)
-        if not conn.closed:
-            await conn.set_isolation_level(None)
+        async with asyncio.timeout(ROLLBACK_SECONDS):
+            await conn.rollback()
+    except (psycopg.Error, TimeoutError):
+        await conn.close()  # the error that brought us here is the one to raise
+    except asyncio.CancelledError:
+        await conn.close()
+        raise
 
 
 async def _discard_if_unclean(conn: store.Conn, force: bool = False) -> None:

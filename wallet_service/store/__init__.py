@@ -23,6 +23,22 @@ async def all_rows(conn: Conn, query: str, params: Any = None) -> list[dict[str,
         return await cursor.fetchall()
 
 
+# Transaction control is never a prepared statement: psycopg forgets every prepared statement
+# when a prepared one answers ROLLBACK (as COMMIT does in a failed transaction), and in a
+# pipeline that can deallocate statements it has just prepared. Rolling back is psycopg's
+# own conn.rollback() (engine/runner.py), which keeps its prepared statements right.
+
+
+async def send_begin(conn: Conn, *, serializable: bool) -> None:
+    """Starts a transaction on an autocommit connection (queued in a pipeline)."""
+    begin = "BEGIN ISOLATION LEVEL SERIALIZABLE" if serializable else "BEGIN"
+    await conn.execute(begin, prepare=False)
+
+
+async def send_commit(conn: Conn) -> None:
+    await conn.execute("COMMIT", prepare=False)
+
+
 async def send_local_timeouts(conn: Conn, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
     """Bounds lock waits and statements for the rest of this transaction (sent with what
     follows: no round trip of its own in a pipeline)."""
