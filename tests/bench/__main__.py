@@ -1,6 +1,7 @@
 """`make bench` (`python -m tests.bench`): see tests/bench/__init__.py and docs/performance.md."""
 
 import asyncio
+import os
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ TOKEN_MARGIN_SECONDS = 120
 
 async def bench(settings: BenchSettings) -> dict[str, object]:
     run = uuid.uuid4().hex[:8]
+    load_at_start = os.getloadavg()
     log_dir = settings.output / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
     started = time.monotonic()
@@ -44,7 +46,8 @@ async def bench(settings: BenchSettings) -> dict[str, object]:
             scenarios, refs = await _measure(settings, system, client, cost)
         finally:
             client.close()
-    return report.document(settings, system, scenarios, refs, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return report.document(settings, system, scenarios, refs, seconds, load_at_start)
 
 
 async def _populate(

@@ -17,7 +17,7 @@ from tests.bench.settings import BenchSettings
 from tests.bench.system import System
 
 
-def machine(system: System) -> dict[str, Any]:
+def machine(system: System, load_at_start: tuple[float, float, float]) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next(
         (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
@@ -39,6 +39,8 @@ def machine(system: System) -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "postgres": system.postgres_version,
         "pgbench": pgbench,
+        # 1, 5 and 15 minutes: the bench's own load and its neighbours'.
+        "load_average_at_start": [round(value, 2) for value in load_at_start],
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
     }
 
@@ -53,10 +55,11 @@ def document(
     scenarios: list[Measurement],
     references: dict[str, Measurement],
     seconds: float,
+    load_at_start: tuple[float, float, float],
 ) -> dict[str, Any]:
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(system),
+        "machine": machine(system, load_at_start),
         "system": {"where": system.where, "bcrypt_cost": system.bcrypt_cost},
         "settings": {
             "seconds": settings.seconds,
@@ -135,8 +138,12 @@ def _ms(value: float | None) -> str:
 
 
 def _cpu(row: dict[str, Any], name: str) -> str:
+    """`105% (2.6 ms)`: the group's CPU (100% is one core), and its CPU time per call."""
     usage = row["cpu_percent"].get(name)
-    return "-" if usage is None else f"{usage['percent']:.0f}%"
+    if usage is None:
+        return "-"
+    per_call = row["cpu_ms_per_call"].get(name)
+    return f"{usage['percent']:.0f}%" + ("" if per_call is None else f" ({_ms(per_call)} ms)")
 
 
 def progress_line(measured: Measurement) -> str:
@@ -148,8 +155,8 @@ def progress_line(measured: Measurement) -> str:
 
 def tables(document: dict[str, Any]) -> str:
     lines = [
-        "| scenario | per s | p50 ms | p99 ms | errors | client CPU µs/call | wallet CPU"
-        " | auth CPU | postgres CPU | machine CPU |",
+        "| scenario | per s | p50 ms | p99 ms | errors | client CPU µs/call | wallet CPU (per call)"
+        " | auth CPU (per call) | postgres CPU (per call) | machine CPU |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in document["scenarios"]:
@@ -162,7 +169,7 @@ def tables(document: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| reference | per s | p50 ms | p99 ms | errors | postgres CPU | machine CPU |",
+        "| reference | per s | p50 ms | p99 ms | errors | postgres CPU (per call) | machine CPU |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in document["references"].items():

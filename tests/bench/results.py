@@ -60,5 +60,10 @@ class Measurement:
             "errors": self.errors,
             "client_cpu_us_per_call": None if cpu_per_call is None else round(cpu_per_call),
             "cpu_percent": {name: usage.as_json() for name, usage in self.cpu.items()},
+            "cpu_ms_per_call": {
+                name: round(usage.percent * 10 / self.rate, 3)
+                for name, usage in self.cpu.items()
+                if self.rate and name != "machine"
+            },
             "notes": self.notes,
         }

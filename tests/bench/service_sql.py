@@ -2,15 +2,10 @@ r"""The wallet service's own SQL for one credit, as a pgbench script (`service-c
 
 The statements and their parameters are recorded from the functions of wallet_service/store
 that the engine (`Engine._transaction` in wallet_service/engine/runner.py) calls for a credit,
-in its order and in its two round trips (pipeline mode):
+in its order, and sent in the round trips the service really makes (ROUND_TRIPS).
 
-1. BEGIN, the lock and statement timeouts, the claim of the idempotency key, the wallet row
-   FOR UPDATE, the clock and expired holds;
-2. the one statement that writes everything (transaction, ledger entry, balance, event,
-   recorded answer), then COMMIT.
-
-What the engine works out in Python between the two round trips is stood in for: the wallet,
-the transaction id and the key are drawn by pgbench; the wallet's next sequence number and
+What the engine works out in Python between round trips is stood in for: the wallet, the
+transaction id and the key are drawn by pgbench; the wallet's next sequence number and
 balance after, which the engine reads under the lock, are read again by subqueries on the
 locked row in the write (pgbench cannot carry a result from one pipeline into the next:
 \gset is not allowed in pipeline mode), a little more work for the server than the service's
@@ -19,6 +14,7 @@ event payload are constants of their real size.
 
 When the engine's statements change, this follows; when the store's functions or the shapes
 they take change, building the script fails, and so does the quick test (tests/test_bench.py).
+When the engine's round trips change, change ROUND_TRIPS.
 """
 
 import json
@@ -80,18 +76,25 @@ class _Recorder:
         return self
 
 
-async def credit_statements() -> tuple[list[str], list[str]]:
-    """The SQL of the two round trips of one credit, ready for pgbench."""
+async def credit_round_trips() -> list[list[str]]:
+    """The SQL of one credit, ready for pgbench, in the service's round trips.
+
+    The engine means two (runner.py's docstring): everything up to the locks, then the write
+    and COMMIT. psycopg makes five: `conn.transaction()` inside `conn.pipeline()` nests two
+    more pipelines, and a nested pipeline syncs (sends, then waits for every answer) when it
+    is entered after BEGIN and when it ends, and the outer one when it ends. strace of the
+    engine's pattern: 5 reads of the socket per transaction (2 with BEGIN and COMMIT sent as
+    statements in one pipeline on an autocommit connection)."""
     conn: Any = _Recorder()
     await store.send_local_timeouts(conn, LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
     await idempotency.send_claims(conn, [(PRINCIPAL, KEY, "0" * 64)])
     await wallets_store.send_lock(conn, {WALLET: None})
     await wallets_store.send_clock(conn, [WALLET])
-    first = ["BEGIN", *(render(query, params) for query, params in conn.sent)]
+    locks = [render(query, params) for query, params in conn.sent]
     conn.sent.clear()
     await ledger_store.send_write(conn, _credit_writes())
-    second = [*(render(query, params) for query, params in conn.sent), "COMMIT"]
-    return first, second
+    write = [render(query, params) for query, params in conn.sent]
+    return [["BEGIN"], locks, write, ["COMMIT"], []]
 
 
 def _credit_writes() -> Writes:
@@ -193,17 +196,17 @@ def literal(value: Any) -> str:
 
 
 async def credit_script(wallet: str) -> str:
-    """The pgbench script: `wallet` is a pgbench expression (`random(1, 10000)`, or `1`)."""
-    first, second = await credit_statements()
+    """The pgbench script: `wallet` is a pgbench expression (`random(1, 10000)`, or `1`).
+    Each round trip is a pipeline of its own: pgbench sends it, then waits for every answer."""
     lines = [
         f"\\set wallet {wallet}",
         "\\set transaction random(1, 9223372036854775807)",
         "\\set key random(1, 9223372036854775807)",
-        "\\startpipeline",
-        *(f"{statement};" for statement in first),
-        "\\endpipeline",
-        "\\startpipeline",
-        *(f"{statement};" for statement in second),
-        "\\endpipeline",
     ]
+    for statements in await credit_round_trips():
+        lines += [
+            "\\startpipeline",
+            *(f"{statement};" for statement in statements),
+            "\\endpipeline",
+        ]
     return "\n".join(lines) + "\n"
