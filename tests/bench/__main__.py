@@ -34,7 +34,10 @@ async def bench(settings: BenchSettings) -> dict[str, object]:
     shutil.rmtree(log_dir, ignore_errors=True)
     started = time.monotonic()
     async with running_system(settings, log_dir) as system:
-        print(f"bench: {system.where}; auth {system.auth_address}, wallet {system.wallet_address}")
+        print(
+            f"bench: {system.where}; auth {system.auth_address}, wallet {system.wallet_address}",
+            flush=True,
+        )
         if any(name != "bcrypt" for name in settings.references):
             await asyncio.to_thread(references.prepare, system.reference_url, settings.wallets)
         client = LoadClient(
@@ -129,17 +132,16 @@ async def _scenario(
     for part in parts:
         for error, count in part.errors.items():
             errors[error] = errors.get(error, 0) + count
-    merged = Measurement(
+    return Measurement(
         name,
         settings.seconds,
-        sum(part.done for part in parts),
-        [latency for part in parts for latency in part.latencies],
-        errors,
-        in_flight,
-        sum(part.client_cpu_seconds or 0.0 for part in parts),
-        usage(before, after),
+        done=sum(part.done for part in parts),
+        latencies=[latency for part in parts for latency in part.latencies],
+        errors=errors,
+        in_flight=in_flight,
+        client_cpu_seconds=sum(part.client_cpu_seconds or 0.0 for part in parts),
+        cpu=usage(before, after),
     )
-    return merged
 
 
 async def _sample_window(
