@@ -149,6 +149,8 @@ async def run_pgbench(
             stderr=asyncio.subprocess.PIPE,
         )
         launched = time.monotonic()
+        # pgbench's own CPU too: what is left of the machine's was its neighbours'.
+        watched = [*watched, Watched("pgbench", process.pid, children=True)]
         await asyncio.sleep(warmup + 0.3)
         before = sample(watched)
         await asyncio.sleep(max(0.0, launched + warmup + seconds - time.monotonic()))

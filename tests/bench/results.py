@@ -46,6 +46,18 @@ class Measurement:
             return None
         return self.client_cpu_seconds / calls * 1e6
 
+    @property
+    def neighbours_cpu_percent(self) -> float | None:
+        """What the machine's CPU did beside the measured processes (services, PostgreSQL, the
+        load client or pgbench): other programs on the machine, the noise of this run."""
+        machine = self.cpu.get("machine")
+        if machine is None:
+            return None
+        ours = sum(usage.percent for name, usage in self.cpu.items() if name != "machine")
+        if self.client_cpu_seconds is not None and self.seconds:
+            ours += 100 * self.client_cpu_seconds / self.seconds
+        return max(machine.percent - ours, 0.0)
+
     def as_json(self) -> dict[str, Any]:
         p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
         cpu_per_call = self.client_cpu_us_per_call
@@ -65,5 +77,8 @@ class Measurement:
                 for name, usage in self.cpu.items()
                 if self.rate and name != "machine"
             },
+            "neighbours_cpu_percent": None
+            if self.neighbours_cpu_percent is None
+            else round(self.neighbours_cpu_percent),
             "notes": self.notes,
         }
