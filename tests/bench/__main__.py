@@ -20,9 +20,12 @@ from tests.bench.load import split as split_evenly
 from tests.bench.results import Measurement
 from tests.bench.scenarios import SCENARIOS
 from tests.bench.settings import BenchSettings, load
-from tests.bench.system import System, running_system
+from tests.bench.system import System, connections_per_worker, running_system
 
 LOGIN_USERS = 8
+# The load processes reconnect, at most this many times, until each service's workers hold
+# about as many of their connections (the kernel hashes each connection to one worker).
+SPREAD_ATTEMPTS = 20
 # Tokens are renewed before a scenario when they would expire within its time plus this.
 TOKEN_MARGIN_SECONDS = 120
 
@@ -45,12 +48,13 @@ async def bench(settings: BenchSettings) -> dict[str, object]:
         )
         try:
             cost = await _populate(settings, system, client, run)
-            print(f"bench: set up in {time.monotonic() - started:.0f} s", flush=True)
+            spread = await _spread_connections(system, client)
+            print(f"bench: set up in {time.monotonic() - started:.0f} s; {spread}", flush=True)
             scenarios, refs = await _measure(settings, system, client, cost)
         finally:
             client.close()
     seconds = time.monotonic() - started
-    return report.document(settings, system, scenarios, refs, seconds, load_at_start)
+    return report.document(settings, system, scenarios, refs, seconds, load_at_start, spread)
 
 
 async def _populate(
@@ -87,6 +91,22 @@ async def _populate(
         user = await repository.user_by_email(conn, emails[0])
     assert user is not None
     return cost_of(user.password_hash)
+
+
+async def _spread_connections(system: System, client: LoadClient) -> str:
+    """Reconnects the load client until each service's workers have an even share of its
+    connections (within an eighth of them, or 2); says how they are spread."""
+    await client.all("connect")
+    for attempt in range(1, SPREAD_ATTEMPTS + 1):
+        split = {
+            name: connections_per_worker(pid, port) for name, (pid, port) in system.services.items()
+        }
+        even = all(max(c) - min(c) <= max(2, sum(c) // 8) for c in split.values() if c)
+        if even or attempt == SPREAD_ATTEMPTS:
+            break
+        await client.all("reconnect")
+    shares = ", ".join(f"{name} {'/'.join(map(str, c))}" for name, c in split.items())
+    return f"connections per worker: {shares or 'unknown'}" + ("" if even else " (uneven)")
 
 
 async def _measure(

@@ -63,6 +63,10 @@ def _processes() -> list[_Process]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    return [process.pid for process in _processes() if process.parent == pid]
+
+
 def _belongs(process: _Process, group: Watched) -> bool:
     if group.children:
         return group.pid in (process.pid, process.parent)

@@ -96,19 +96,9 @@ class LoadProcess:
 
     def __init__(self, index: int, auth: str, wallet: str, channels: int) -> None:
         self.index = index
-        # A local subchannel pool: each channel its own connection, not one shared by all.
-        options = [("grpc.use_local_subchannel_pool", 1)]
-        self._channels = [
-            grpc.aio.insecure_channel(address, options=options)
-            for address in (auth, wallet)
-            for _ in range(channels)
-        ]
-        self._auth = itertools.cycle(
-            auth_pb2_grpc.AuthServiceStub(channel) for channel in self._channels[:channels]
-        )
-        self._wallet = itertools.cycle(
-            wallet_pb2_grpc.WalletServiceStub(channel) for channel in self._channels[channels:]
-        )
+        self._addresses = (auth, wallet)
+        self._channel_count = channels
+        self._open()
         self._keys = itertools.count()
         self._run = ""
         self._tokens: dict[str, tuple[tuple[tuple[str, str], ...], float]] = {}
@@ -120,6 +110,35 @@ class LoadProcess:
         self.hot_owner = ""
         self.payments = ""
         self.emails: list[str] = []
+
+    def _open(self) -> None:
+        # A local subchannel pool: each channel its own connection, not one shared by all.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        count = self._channel_count
+        self._channels = [
+            grpc.aio.insecure_channel(address, options=options)
+            for address in self._addresses
+            for _ in range(count)
+        ]
+        self._auth = itertools.cycle(
+            auth_pb2_grpc.AuthServiceStub(channel) for channel in self._channels[:count]
+        )
+        self._wallet = itertools.cycle(
+            wallet_pb2_grpc.WalletServiceStub(channel) for channel in self._channels[count:]
+        )
+
+    async def connect(self) -> None:
+        """Connects every channel now (they would on their first call)."""
+        await asyncio.wait_for(
+            asyncio.gather(*(channel.channel_ready() for channel in self._channels)),
+            CALL_TIMEOUT_SECONDS,
+        )
+
+    async def reconnect(self) -> None:
+        """New connections, which the kernel may spread differently over the workers."""
+        await self.close()
+        self._open()
+        await self.connect()
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels))

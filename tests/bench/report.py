@@ -56,11 +56,16 @@ def document(
     references: dict[str, Measurement],
     seconds: float,
     load_at_start: tuple[float, float, float],
+    connections: str,
 ) -> dict[str, Any]:
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(system, load_at_start),
-        "system": {"where": system.where, "bcrypt_cost": system.bcrypt_cost},
+        "system": {
+            "where": system.where,
+            "bcrypt_cost": system.bcrypt_cost,
+            "connections": connections,
+        },
         "settings": {
             "seconds": settings.seconds,
             "warmup": settings.warmup,

@@ -60,7 +60,7 @@ def load() -> BenchSettings:
         warmup=float(os.environ.get("BENCH_WARMUP", "2")),
         in_flight=in_flight,
         processes=processes,
-        channels=int(os.environ.get("BENCH_CHANNELS", "4")),
+        channels=int(os.environ.get("BENCH_CHANNELS", "8")),
         wallets=int(os.environ.get("BENCH_WALLETS", "10000")),
         scenarios=scenarios,
         references=_names("BENCH_REFERENCES", list(REFERENCES), needed),

@@ -12,10 +12,12 @@ logs, metrics on, bcrypt at BCRYPT_COST (12 unless set). pgbench gets a throwawa
 its own on the same server.
 """
 
+import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -23,7 +25,8 @@ from psycopg import conninfo
 
 from auth_service.config import AuthSettings
 from shared.migrations import SERVICES, migrate
-from tests.bench.cpu import Watched
+from shared.workers import workers_for
+from tests.bench.cpu import Watched, children
 from tests.bench.settings import BenchSettings
 from tests.databases import throwaway_database
 from tests.private_postgres import private_postgres
@@ -43,6 +46,8 @@ class System:
     where: str  # how it was started, for the report
     postgres_version: str
     bcrypt_cost: int | None  # the auth service's, when it was started here
+    # The services started here: name -> (supervisor's process id, port).
+    services: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def service_settings() -> dict[str, str]:
@@ -93,6 +98,10 @@ async def running_system(settings: BenchSettings, log_dir: Path) -> AsyncIterato
             running_services(database_url, log_dir, **extra)
         )
         assert auth.pid is not None and wallet.pid is not None
+        for service, variable in ((auth, "AUTH_WORKERS"), (wallet, "WALLET_WORKERS")):
+            await _all_workers_listening(
+                service.port, workers_for(int(os.environ.get(variable) or 0))
+            )
         watched += [Watched("wallet", wallet.pid), Watched("auth", auth.pid)]
         yield System(
             auth.address,
@@ -103,7 +112,51 @@ async def running_system(settings: BenchSettings, log_dir: Path) -> AsyncIterato
             where,
             _server_version(server_url),
             int(extra["BCRYPT_COST"]),
+            {"wallet": (wallet.pid, wallet.port), "auth": (auth.pid, auth.port)},
         )
+
+
+async def _all_workers_listening(port: int, workers: int, seconds: float = 60) -> None:
+    """Waits until every worker listens on the port (a socket each, SO_REUSEPORT). Health
+    answers as soon as one does, and a connection made before the others listen stays with
+    that one for good: the load would not spread."""
+    deadline = time.monotonic() + seconds
+    while _listening_sockets(port) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {workers} workers listen on port {port}")
+        await asyncio.sleep(0.1)
+
+
+def connections_per_worker(supervisor: int, port: int) -> list[int]:
+    """How many established connections to `port` each worker of a service holds."""
+    inodes = _sockets(port, state="01")
+    counts = []
+    for pid in children(supervisor) or [supervisor]:  # one worker serves by itself
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd.path)
+                    held += link.startswith("socket:[") and link[8:-1] in inodes
+        counts.append(held)
+    return counts
+
+
+def _listening_sockets(port: int) -> int:
+    return len(_sockets(port, state="0A"))
+
+
+def _sockets(port: int, state: str) -> set[str]:
+    """The inodes of the TCP sockets on local `port` in `state` ("0A" LISTEN, "01"
+    ESTABLISHED), from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
 
 
 def _server_version(url: str) -> str:
