@@ -74,7 +74,7 @@ lint: $(GENERATED) contract-check ## contract-check, ruff check, ruff format --c
 walkthrough: $(GENERATED) ## Run the documented grpcurl sessions against `make run`, checking each answer
 	docs/walkthrough.sh
 
-bench: $(GENERATED) ## Measure throughput of the money path
+bench: $(GENERATED) ## Measure the services beside pgbench and bcrypt references (docs/performance.md)
 	$(PY) -m tests.bench
 
 SOAK_SECONDS ?= 300

@@ -34,9 +34,9 @@ def admin_url() -> str:
 
 
 @contextlib.contextmanager
-def throwaway_database(server_url: str) -> Iterator[str]:
+def throwaway_database(server_url: str, prefix: str = "wallet_test") -> Iterator[str]:
     """Creates an empty database with a unique name, yields its URL, drops it."""
-    name = f"wallet_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:

@@ -50,9 +50,10 @@ SETTINGS = {
 class PrivatePostgres:
     """One private server. Use `private_postgres()`, which always cleans up."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, settings: dict[str, str] | None = None) -> None:
         self.folder = folder  # the data directory; the unix socket and the log live here
         self.port = port
+        self._settings = {**SETTINGS, **(settings or {})}
         self._user = _system_user()
         self._initdb()
 
@@ -136,7 +137,7 @@ class PrivatePostgres:
     def _initdb(self) -> None:
         self._run("initdb", "--auth=trust", "--encoding=utf8", "--no-sync", "-U", "postgres")
         settings = {
-            **SETTINGS,
+            **self._settings,
             "port": str(self.port),
             "unix_socket_directories": f"'{self.folder}'",
         }
@@ -180,15 +181,16 @@ class PrivatePostgres:
 
 
 @contextlib.contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started private server on a free port; stopped and deleted on the way out."""
+def private_postgres(settings: dict[str, str] | None = None) -> Iterator[PrivatePostgres]:
+    """A started private server on a free port; stopped and deleted on the way out.
+    `settings` (postgresql.conf) override SETTINGS."""
     folder = Path(tempfile.mkdtemp(prefix="wallet-pg-"))
     try:
         user = _system_user()
         if user is not None:
             embedded_utils.ensure_prefix_permissions(folder)
             shutil.chown(folder, user, user)
-        server = PrivatePostgres(folder, free_port())
+        server = PrivatePostgres(folder, free_port(), settings)
         try:
             server.start()
             yield server
