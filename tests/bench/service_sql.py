@@ -2,7 +2,7 @@ r"""The wallet service's own SQL for one credit, as a pgbench script (`service-c
 
 The statements and their parameters are recorded from the functions of wallet_service/store
 that the engine (`Engine._transaction` in wallet_service/engine/runner.py) calls for a credit,
-in its order, and sent in the round trips the service really makes (ROUND_TRIPS).
+in its order, and sent in the round trips the service really makes (`credit_round_trips`).
 
 What the engine works out in Python between round trips is stood in for: the wallet, the
 transaction id and the key are drawn by pgbench; the wallet's next sequence number and
@@ -14,7 +14,7 @@ event payload are constants of their real size.
 
 When the engine's statements change, this follows; when the store's functions or the shapes
 they take change, building the script fails, and so does the quick test (tests/test_bench.py).
-When the engine's round trips change, change ROUND_TRIPS.
+When the engine's round trips change, change `credit_round_trips`.
 """
 
 import json
@@ -68,7 +68,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
 
-    async def execute(self, query: str, params: Any = None) -> "_Recorder":
+    async def execute(self, query: str, params: Any = None, **options: Any) -> "_Recorder":
         self.sent.append((query, params))
         return self
 
@@ -77,15 +77,11 @@ class _Recorder:
 
 
 async def credit_round_trips() -> list[list[str]]:
-    """The SQL of one credit, ready for pgbench, in the service's round trips.
-
-    The engine means two (runner.py's docstring): everything up to the locks, then the write
-    and COMMIT. psycopg makes five: `conn.transaction()` inside `conn.pipeline()` nests two
-    more pipelines, and a nested pipeline syncs (sends, then waits for every answer) when it
-    is entered after BEGIN and when it ends, and the outer one when it ends. strace of the
-    engine's pattern: 5 reads of the socket per transaction (2 with BEGIN and COMMIT sent as
-    statements in one pipeline on an autocommit connection)."""
+    """The SQL of one credit, ready for pgbench, in the service's two round trips (as the
+    engine sends them, engine/runner.py): BEGIN and everything up to the locks, then the
+    write and COMMIT."""
     conn: Any = _Recorder()
+    await store.send_begin(conn, serializable=False)
     await store.send_local_timeouts(conn, LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
     await idempotency.send_claims(conn, [(PRINCIPAL, KEY, "0" * 64)])
     await wallets_store.send_lock(conn, {WALLET: None})
@@ -93,8 +89,9 @@ async def credit_round_trips() -> list[list[str]]:
     locks = [render(query, params) for query, params in conn.sent]
     conn.sent.clear()
     await ledger_store.send_write(conn, _credit_writes())
+    await store.send_commit(conn)
     write = [render(query, params) for query, params in conn.sent]
-    return [["BEGIN"], locks, write, ["COMMIT"], []]
+    return [locks, write]
 
 
 def _credit_writes() -> Writes:
