@@ -7,6 +7,7 @@ are the environment variable names in lower case (`auth_port` <- AUTH_PORT).
 from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -46,11 +47,15 @@ def load_settings(settings_class: type[SettingsT]) -> SettingsT:
     try:
         settings = settings_class()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
-            for problem in error.errors()
-        )
+        problems = "; ".join(_describe(problem) for problem in error.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
     if settings.db_pool_min_size > settings.db_pool_max_size:
         raise ConfigError("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
     return settings
+
+
+def _describe(problem: ErrorDetails) -> str:
+    """`FIELD: message` for one field's problem; the message alone for a rule across fields."""
+    field = ".".join(str(part) for part in problem["loc"]).upper()
+    message = problem["msg"].removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message

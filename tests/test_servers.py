@@ -129,6 +129,16 @@ def test_pool_bounds_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(WalletSettings)
 
 
+def test_money_transactions_leave_the_pool_a_connection_for_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DB_POOL_MAX_SIZE", "3")
+    with pytest.raises(ConfigError, match="WALLET_MAX_TRANSACTIONS must be below"):
+        load_settings(WalletSettings)
+    monkeypatch.setenv("WALLET_MAX_TRANSACTIONS", "2")
+    assert load_settings(WalletSettings).wallet_max_transactions == 2
+
+
 def test_defaults_are_the_documented_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("AUTH_PORT", "WALLET_PORT"):
         monkeypatch.delenv(variable, raising=False)

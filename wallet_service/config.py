@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from shared.config import CommonSettings
 from shared.transport import AuthClientSettings, ServerTransportSettings
@@ -27,6 +27,9 @@ class WalletSettings(CommonSettings, ServerTransportSettings, AuthClientSettings
     # deadline (a client deadline shortens both).
     lock_timeout_seconds: float = Field(5.0, gt=0, le=60)
     statement_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Money transactions one process runs at once; more movements ready than that share
+    # transactions (engine/combiner.py). Measured with `make bench`: docs/performance.md.
+    wallet_max_transactions: int = Field(3, ge=1, le=100)
     # Access tokens living longer than this (`exp - iat`) are refused, even when validly signed:
     # at least the auth service's ACCESS_TOKEN_TTL_SECONDS.
     token_max_lifetime_seconds: int = Field(900, ge=60, le=DAY)
@@ -48,6 +51,13 @@ class WalletSettings(CommonSettings, ServerTransportSettings, AuthClientSettings
     # `serializable` runs every transaction SERIALIZABLE (the mode for CockroachDB or
     # YugabyteDB); serialization failures are retried inside the service.
     wallet_isolation_level: Literal["read_committed", "serializable"] = "read_committed"
+
+    @model_validator(mode="after")
+    def _reads_keep_a_connection(self) -> "WalletSettings":
+        # Reads and the event feed use the pool too; money transactions never take all of it.
+        if self.wallet_max_transactions >= self.db_pool_max_size:
+            raise ValueError("WALLET_MAX_TRANSACTIONS must be below DB_POOL_MAX_SIZE")
+        return self
 
     @property
     def address(self) -> str:

@@ -64,6 +64,7 @@ async def start(settings: WalletSettings, worker: Worker = ALONE) -> RunningServ
             serializable=settings.wallet_isolation_level == "serializable",
         ),
         events_committed=feed.events_committed,
+        max_transactions=settings.wallet_max_transactions,
     )
     servicer = WalletServicer(
         pool,

@@ -6,10 +6,10 @@ in arrival order, as one group: the engine runs a group as one database transact
 each row lock once, so a hot wallet serves a whole queue per commit instead of one operation.
 
 Waiting operations keep their place: a later one never overtakes an earlier one on a wallet
-they share, so none starves. Groups on disjoint wallets run side by side, as many at once as
-the process has transactions for (`max_transactions`, about its pool); when more are ready,
-they share transactions too, so that under load a transaction's cost (its round trips, its
-commit) is paid once for many movements on any wallets. The database's row locks still decide
+they share, so none starves. Groups on disjoint wallets run side by side, up to
+`max_transactions` (WALLET_MAX_TRANSACTIONS) transactions at once; when more are ready, they
+share transactions too, so that under load a transaction's cost (its round trips, its commit)
+is paid once for many movements on any wallets. The database's row locks still decide
 between processes; this only orders what one process sends.
 """
 

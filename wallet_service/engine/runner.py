@@ -162,12 +162,12 @@ class Engine:
         pool: psycopg_pool.AsyncConnectionPool[Any],
         limits: Limits,
         events_committed: Callable[[], None] = lambda: None,
+        max_transactions: int = 3,
     ) -> None:
         self._pool = pool
         self._limits = limits
         self._events_committed = events_committed  # wakes the event watchers
-        # Money transactions at once: most of the pool, leaving connections for reads.
-        self._combiner = Combiner(self._run_group, max_transactions=max(1, pool.max_size - 2))
+        self._combiner = Combiner(self._run_group, max_transactions)
 
     async def execute(self, operation: Operation, call: Call) -> Message:
         """Runs `operation` once, whatever the retries; returns its answer or raises its
