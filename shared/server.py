@@ -11,7 +11,6 @@ within the grace period.
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,10 +28,6 @@ from shared.interceptors import ErrorInterceptor, LoggingInterceptor
 from shared.transport import ServerTransport
 
 log = logging.getLogger(__name__)
-
-# Allocations, less deallocations, between two collections of the youngest generation
-# (Python's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass
@@ -123,20 +118,9 @@ async def serve(
     the server, until SIGINT/SIGTERM; then the spans still unsent go out."""
     tracing.configure_tracing(service)
     try:
-        running = await start()
-        _tune_garbage_collection()
-        await serve_until_signal(running, grace, drain)
+        await serve_until_signal(await start(), grace, drain)
     finally:
         tracing.shutdown_tracing()
-
-
-def _tune_garbage_collection() -> None:
-    """Every call makes many short-lived objects, and the collector's young generation was
-    a few percent of a worker's time: what start-up made is left out of its scans (frozen),
-    and it runs less often."""
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def serve_until_signal(running: RunningServer, grace: float, drain: float) -> None:
