@@ -107,7 +107,14 @@ async def start_server(
     await monitor.probe()
     running = RunningServer(server, port, health_servicer, pool, monitor, on_stop)
     running._monitor_task = asyncio.create_task(monitor.run())
-    log.info("listening", extra={"service_name": service_name, "port": port})
+    log.info(
+        "listening",
+        extra={
+            "service_name": service_name,
+            "port": port,
+            "event_loop": type(asyncio.get_running_loop()).__module__,
+        },
+    )
     return running
 
 

@@ -205,6 +205,7 @@ async def test_the_process_serves_metrics_and_stops_cleanly_on_sigterm(
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
         assert process.returncode == 0
         assert b'"message": "stopped"' in stderr
+        assert b'"event_loop": "uvloop"' in stderr  # the faster loop, in the real process
     finally:
         if process.returncode is None:
             process.kill()
