@@ -6,7 +6,7 @@ are the environment variable names in lower case (`auth_port` <- AUTH_PORT).
 
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +38,12 @@ class CommonSettings(BaseSettings):
     # session, account or key is refused everywhere within about this many seconds.
     revocation_refresh_seconds: float = Field(10.0, gt=0, le=300)
 
+    @model_validator(mode="after")
+    def _pool_bounds_ordered(self) -> "CommonSettings":
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
+        return self
+
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
@@ -49,8 +55,6 @@ def load_settings(settings_class: type[SettingsT]) -> SettingsT:
     except ValidationError as error:
         problems = "; ".join(_describe(problem) for problem in error.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
-    if settings.db_pool_min_size > settings.db_pool_max_size:
-        raise ConfigError("invalid configuration: DB_POOL_MIN_SIZE is above DB_POOL_MAX_SIZE")
     return settings
 
 

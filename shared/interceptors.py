@@ -105,7 +105,7 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                await _send_request_id(context, request_id)
                 yield
             except (asyncio.CancelledError, GeneratorExit):
                 code = _why_cancelled(context)
@@ -128,6 +128,18 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
                 )
 
         return wrap_calls(await continuation(handler_call_details), logged)
+
+
+async def _send_request_id(context: Any, request_id: str) -> None:
+    """Sends the request id as initial metadata. A call whose client left (or whose deadline
+    passed) after grpc started its handler cannot send anything: it ends as cancelled, not as
+    an error (grpc would count it UNKNOWN and log a traceback)."""
+    try:
+        await context.send_initial_metadata((("x-request-id", request_id),))
+    except Exception:
+        if not _client_gone(context):
+            raise
+        raise asyncio.CancelledError from None
 
 
 def _why_cancelled(context: Any) -> grpc.StatusCode:
