@@ -9,10 +9,13 @@ import psycopg
 
 from shared.errors import error_info
 from shared.gen.wallet.v1 import wallet_pb2
+from shared.gen.wallet.v1.wallet_pb2_grpc import WalletServiceStub
 from tests.test_wallet_concurrency import assert_invariants_hold, outcome
 from tests.test_wallet_holds import funded
 from tests.test_wallet_ledger import forget_keys_of
 from tests.wallet_helpers import Caller, expect_error, new_key, new_user
+from wallet_service.config import WalletSettings
+from wallet_service.server import start as start_wallet
 
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -147,6 +150,7 @@ async def test_a_refused_batch_changes_nothing_while_other_movements_run(
 async def test_batches_touching_the_same_wallets_in_opposite_orders_never_deadlock(
     auth_channel: grpc.aio.Channel,
     wallet_channel: grpc.aio.Channel,
+    wallet_settings: WalletSettings,
     payments: Caller,
     admin: Caller,
     database_url: str,
@@ -157,13 +161,43 @@ async def test_batches_touching_the_same_wallets_in_opposite_orders_never_deadlo
     def ring(order: list[str]) -> list[wallet_pb2.BatchMovement]:
         return [transfer(order[i], order[(i + 1) % len(order)], 1 + i) for i in range(len(order))]
 
-    calls = [
-        outcome(batch(admin, *ring(wallets if i % 2 == 0 else wallets[::-1]))) for i in range(40)
-    ]
-    assert collections.Counter(await asyncio.gather(*calls)) == {"OK": 40}
+    # Two instances, each sent both orders: one process never runs two transactions on the
+    # same wallet at once, so only the lock order in the database keeps two from deadlocking.
+    deadlocks_before = deadlocks(database_url)
+    second = await start_wallet(wallet_settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+            admin_there = Caller(WalletServiceStub(channel), admin.token, admin.subject)
+            calls = [
+                outcome(
+                    batch(
+                        (admin, admin_there)[i % 2],
+                        *ring(wallets if i // 2 % 2 == 0 else wallets[::-1]),
+                    )
+                )
+                for i in range(40)
+            ]
+            assert collections.Counter(await asyncio.gather(*calls)) == {"OK": 40}
+    finally:
+        await second.stop(grace=0)
+    # The engine would retry a deadlock victim: all OK alone does not prove there was none.
+    await asyncio.sleep(2)  # the services' backends report their statistics when idle (1 s)
+    assert deadlocks(database_url) == deadlocks_before
     balances = [await owner.balance(wallet) for owner, wallet in zip(owners, wallets, strict=True)]
     assert sum(balances) == 40_000
     await assert_invariants_hold(database_url)
+
+
+def deadlocks(database_url: str) -> int:
+    """Deadlocks PostgreSQL has detected in this database (its statistics lag by up to a
+    moment: the server flushes them at a transaction's end, so read them after the calls)."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def test_a_late_retry_of_a_batch_replays_it_from_the_ledger(

@@ -248,7 +248,11 @@ async def test_an_event_that_commits_after_a_later_one_is_not_skipped(
             second_id = insert_event(late, wallet_id, user.subject, "allocated second")
             assert first_id < second_id
             late.commit()  # the later id commits first...
+            late.execute("NOTIFY wallet_events")  # ...the watcher is woken and reads at once...
+            late.commit()
             await asyncio.sleep(0.5)  # ...and a naive "id > last seen" reader takes it now
+            early.commit()
+            early.execute("NOTIFY wallet_events")
             early.commit()
         await watcher.wait_for(lambda w: len(allocated(w)) >= 2, seconds=15)
         await asyncio.sleep(0.3)
