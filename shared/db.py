@@ -34,7 +34,12 @@ DOWN_PROBE_INTERVAL_SECONDS = 0.5
 
 
 class DatabaseUnavailable(psycopg_pool.PoolTimeout):
-    """No connection: the database is down, or none came before the call's deadline."""
+    """No connection: the database is down, or none came within the pool's own timeout."""
+
+
+class NoConnectionBeforeDeadline(DatabaseUnavailable):
+    """No connection was free before the call's deadline (less the margin to answer): the
+    pool was busy, and the database was not known to be down."""
 
 
 class Pool(psycopg_pool.AsyncConnectionPool[Any]):
@@ -66,11 +71,13 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
             raise DatabaseUnavailable("the database is unavailable")
         wait = timeout if timeout is not None else self.timeout
         left = seconds_left()
-        if left is not None:  # answer UNAVAILABLE before the client's deadline passes
-            wait = min(wait, max(left - answer_margin(left), 0.0))
+        cut_by_deadline = False
+        if left is not None:  # answer before the client's deadline passes
+            before_deadline = max(left - answer_margin(left), 0.0)
+            wait, cut_by_deadline = min(wait, before_deadline), before_deadline < wait
         # Wait for a connection, or for the monitor to find the database down (idle
         # connections may all fail their check, and new ones cannot come).
-        getting = asyncio.ensure_future(self._getconn_within(wait))
+        getting = asyncio.ensure_future(self._getconn_within(wait, cut_by_deadline))
         down = asyncio.ensure_future(self._down.wait())
         try:
             await asyncio.wait((getting, down), return_when=asyncio.FIRST_COMPLETED)
@@ -96,7 +103,9 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
         self._background.add(giving_back)
         giving_back.add_done_callback(self._background.discard)
 
-    async def _getconn_within(self, wait: float) -> psycopg.AsyncConnection[Any]:
+    async def _getconn_within(
+        self, wait: float, cut_by_deadline: bool
+    ) -> psycopg.AsyncConnection[Any]:
         """A connection that passed `_still_works`; dead ones are handed back (the pool
         replaces them) and the next is tried at once, within the same wait."""
         deadline = time.monotonic() + wait
@@ -104,8 +113,9 @@ class Pool(psycopg_pool.AsyncConnectionPool[Any]):
             try:
                 conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
             except psycopg_pool.PoolTimeout:
-                self.trouble.set()
-                raise DatabaseUnavailable(f"no database connection within {wait:.3f} s") from None
+                self.trouble.set()  # busy or down: the monitor looks at once
+                failure = NoConnectionBeforeDeadline if cut_by_deadline else DatabaseUnavailable
+                raise failure(f"no database connection within {wait:.3f} s") from None
             try:
                 works = await self._still_works(conn)
             except BaseException:  # cancelled during the check: the connection goes back

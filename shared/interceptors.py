@@ -21,6 +21,7 @@ import psycopg
 import psycopg_pool
 
 from shared import tracing
+from shared.db import NoConnectionBeforeDeadline
 from shared.deadlines import set_call_deadline
 from shared.errors import (
     ServiceError,
@@ -174,6 +175,10 @@ def database_error(error: Exception) -> ServiceError | None:
         return aborted("CONCURRENT_UPDATE", "lost a race with a concurrent update, retry")
     if sqlstate in ("55P03", "57014"):  # lock_timeout, statement_timeout from the deadline
         return deadline_exceeded("DEADLINE_EXCEEDED", "deadline exceeded while waiting")
+    if isinstance(error, NoConnectionBeforeDeadline):  # the pool was busy until the deadline
+        return deadline_exceeded(
+            "DEADLINE_EXCEEDED", "deadline exceeded while waiting for a database connection"
+        )
     if isinstance(error, psycopg.DataError):  # a value PostgreSQL refuses, such as a NUL byte
         return invalid_argument("INVALID_VALUE", f"a value was refused: {error}")
     if isinstance(

@@ -288,8 +288,9 @@ async def test_cancelled_and_timed_out_calls_are_counted_as_such_without_errors_
 async def test_calls_whose_deadline_passes_as_they_start_are_not_errors(
     user: Caller, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A deadline can pass between grpc starting a handler and the handler's first send;
-    that call is DEADLINE_EXCEEDED, not UNKNOWN, and logs no traceback."""
+    """A deadline can pass between grpc starting a handler and the handler's first send, or
+    while the call waits for a pooled connection: either way the call is DEADLINE_EXCEEDED
+    (not UNKNOWN, not UNAVAILABLE), and nothing is logged as an error."""
     wallet_id = (await user.create_wallet()).id
     unknown_before = handled("GetWallet", "UNKNOWN")
     request = wallet_pb2.GetWalletRequest(wallet_id=wallet_id)
@@ -304,9 +305,9 @@ async def test_calls_whose_deadline_passes_as_they_start_are_not_errors(
             outcome.code() if isinstance(outcome, grpc.aio.AioRpcError) else grpc.StatusCode.OK
             for outcome in await asyncio.gather(*calls, return_exceptions=True)
         ]
-    # UNAVAILABLE: no pooled connection came before the deadline (40 calls, 10 connections).
-    expected = {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
-    assert set(codes) <= expected, set(codes)
+    # 40 calls share 10 connections: one that waited for a connection until its deadline is
+    # DEADLINE_EXCEEDED too, not UNAVAILABLE (the database is fine).
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, set(codes)
     await asyncio.sleep(0.2)
     assert handled("GetWallet", "UNKNOWN") == unknown_before
     assert [

@@ -53,6 +53,7 @@ from shared.errors import (
     failed_precondition,
     unavailable,
 )
+from shared.interceptors import database_error
 from wallet_service import store
 from wallet_service.engine.book import Book, LockedWallet
 from wallet_service.engine.combiner import Combiner, Waiting
@@ -233,8 +234,9 @@ class Engine:
                 # Perhaps committed, perhaps not: the next attempt's claims find out.
                 group = await _next_attempt(attempt, group, error)
                 continue
-            except psycopg_pool.PoolTimeout:  # nothing was sent: no need to try one by one
-                group.settle_all(lambda _: _database_unavailable())
+            except psycopg_pool.PoolTimeout as error:  # nothing sent: no need for one by one
+                for member in group.members:  # UNAVAILABLE, or DEADLINE_EXCEEDED if it ran out
+                    member.settle(database_error(error) or _database_unavailable())
                 return
             except psycopg.Error as error:
                 return await self._one_by_one(group, error)
