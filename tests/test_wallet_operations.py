@@ -43,6 +43,43 @@ async def test_a_lost_database_answers_unavailable_and_moves_nothing(
             await running.stop(grace=0)
 
 
+async def test_a_movement_whose_deadline_comes_while_the_pool_is_busy_is_deadline_exceeded(
+    wallet_settings: WalletSettings, database_server_url: str, user: Caller, payments: Caller
+) -> None:
+    """The database answers, but every pooled connection is busy: the movement ran out of time
+    (DEADLINE_EXCEEDED, as in a lock wait), it did not find the database unavailable."""
+    with throwaway_database(database_server_url) as url:
+        migrate(url, "wallet")
+        busy_pool = {"db_pool_max_size": 2, "wallet_max_transactions": 1}
+        running = await private_wallet_server(wallet_settings.model_copy(update=busy_pool), url)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = wallet_pb2_grpc.WalletServiceStub(channel)
+                owner, crediting = Caller(stub, user.token), Caller(stub, payments.token)
+                wallet = await owner.create_wallet()
+                history = wallet_pb2.ListTransactionsRequest(wallet_id=wallet.id)
+                with psycopg.connect(url) as blocker:
+                    blocker.execute("LOCK TABLE wallet.ledger_entries IN ACCESS EXCLUSIVE MODE")
+                    # Two history reads wait for that lock, holding both pooled connections.
+                    reads = [
+                        asyncio.ensure_future(owner.call("ListTransactions", history, 10))
+                        for _ in range(2)
+                    ]
+                    await asyncio.sleep(0.5)
+                    credit = wallet_pb2.CreditRequest(
+                        wallet_id=wallet.id, amount=5, idempotency_key=new_key()
+                    )
+                    await expect_error(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "DEADLINE_EXCEEDED",
+                        crediting.call("Credit", credit, deadline_seconds=0.5),
+                    )
+                await asyncio.gather(*reads)  # the lock is gone: they finish
+                assert await owner.balance(wallet.id) == 0
+        finally:
+            await running.stop(grace=0)
+
+
 async def test_shutdown_lets_an_in_flight_movement_finish(
     wallet_settings: WalletSettings, database_server_url: str, user: Caller, payments: Caller
 ) -> None:

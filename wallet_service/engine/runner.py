@@ -228,16 +228,17 @@ class Engine:
                 # Another request with this key committed first: the next claim replays it.
                 group = await _next_attempt(attempt, group, error)
                 continue
+            # Before OperationalError, its base class. No connection: this attempt sent nothing.
+            except psycopg_pool.PoolTimeout as error:
+                for member in group.members:  # UNAVAILABLE, or DEADLINE_EXCEEDED if it ran out
+                    member.settle(database_error(error) or _database_unavailable())
+                return
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
                 if not (isinstance(error, TimeoutError) or connection_lost(error)):
                     return await self._one_by_one(group, error)
                 # Perhaps committed, perhaps not: the next attempt's claims find out.
                 group = await _next_attempt(attempt, group, error)
                 continue
-            except psycopg_pool.PoolTimeout as error:  # nothing sent: no need for one by one
-                for member in group.members:  # UNAVAILABLE, or DEADLINE_EXCEEDED if it ran out
-                    member.settle(database_error(error) or _database_unavailable())
-                return
             except psycopg.Error as error:
                 return await self._one_by_one(group, error)
             except Exception as error:  # a bug: it must still settle every member
