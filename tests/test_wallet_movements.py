@@ -1,6 +1,7 @@
 """Credit, Debit, Transfer, idempotency and who may move what."""
 
 import uuid
+from typing import Any
 
 import grpc
 import psycopg
@@ -219,6 +220,46 @@ async def test_transfer_refusals(user: Caller, other_user: Caller, payments: Cal
     )
     assert await user.balance(source) == 100
     assert await other_user.balance(destination) == 0
+
+
+async def test_a_transfer_tells_neither_side_what_belongs_to_the_other(
+    user: Caller, other_user: Caller, payments: Caller
+) -> None:
+    """Issue 8, finding 10: the funds are checked before the currencies, so a refusal does not
+    tell an empty wallet's owner another user's currency; and each side of a transfer sees only
+    its own request's key and reference."""
+    empty = (await user.create_wallet("EUR")).id
+    dollars = (await other_user.create_wallet("USD")).id
+    await expect_error(PRECONDITION, "INSUFFICIENT_FUNDS", user.transfer(empty, dollars, 10))
+    mismatch = await expect_error(
+        PRECONDITION, "CURRENCY_MISMATCH", transfer_once_funded(user, payments, empty, dollars)
+    )
+    assert "USD" not in str(mismatch.details()) and "USD" not in str(mismatch.trailing_metadata())
+
+    source = empty  # it holds the 10 now
+    destination = (await other_user.create_wallet("EUR")).id
+    request = wallet_pb2.TransferRequest(
+        source_wallet_id=source,
+        destination_wallet_id=destination,
+        amount=10,
+        idempotency_key="order-7-key",
+        reference="order 7",
+    )
+    await user.call("Transfer", request)
+    mine = await user.call("ListTransactions", wallet_pb2.ListTransactionsRequest(wallet_id=source))
+    theirs = await other_user.call(
+        "ListTransactions", wallet_pb2.ListTransactionsRequest(wallet_id=destination)
+    )
+    sent, received = mine.entries[0].transaction, theirs.entries[0].transaction
+    assert (sent.idempotency_key, sent.reference) == ("order-7-key", "order 7")
+    assert received.id == sent.id
+    assert (received.idempotency_key, received.reference) == ("", "")
+
+
+async def transfer_once_funded(user: Caller, payments: Caller, source: str, to: str) -> Any:
+    """A transfer of 10 out of `source` once it holds the funds."""
+    await payments.credit(source, 10)
+    return await user.transfer(source, to, 10)
 
 
 # --- idempotency ---------------------------------------------------------------------------
