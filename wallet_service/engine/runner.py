@@ -44,6 +44,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 
 from shared import tracing
+from shared.db import NoConnectionBeforeDeadline
 from shared.deadlines import answer_margin, set_call_deadline
 from shared.errors import (
     ServiceError,
@@ -53,7 +54,6 @@ from shared.errors import (
     failed_precondition,
     unavailable,
 )
-from shared.interceptors import database_error
 from wallet_service import store
 from wallet_service.engine.book import Book, LockedWallet
 from wallet_service.engine.combiner import Combiner, Waiting
@@ -190,7 +190,6 @@ class Engine:
         group = _Group(members, self._limits)
         if not group.members:
             return
-        set_call_deadline(group.seconds_left())  # the pool waits no longer than its members
         attributes = {"db.system": "postgresql", "wallet.operations": len(group.members)}
         with tracing.linked_span("money transaction", (m.span for m in members), attributes):
             await self._attempts(group)
@@ -202,6 +201,7 @@ class Engine:
         attempt = 0
         while group.members:
             attempt += 1
+            set_call_deadline(group.seconds_left())  # the pool waits no longer than its members
             try:
                 async with self._pool.connection() as conn:
                     try:
@@ -228,13 +228,15 @@ class Engine:
                 # Another request with this key committed first: the next claim replays it.
                 group = await _next_attempt(attempt, group, error)
                 continue
-            # Before OperationalError, its base class. No connection: this attempt sent nothing.
-            except psycopg_pool.PoolTimeout as error:
-                for member in group.members:  # UNAVAILABLE, or DEADLINE_EXCEEDED if it ran out
-                    member.settle(database_error(error) or _database_unavailable())
+            # Before OperationalError, their base class. No connection: this attempt sent nothing.
+            except NoConnectionBeforeDeadline as error:  # the pool stayed busy
+                group = await _next_attempt(attempt, group, error)  # for those with time left
+                continue
+            except psycopg_pool.PoolTimeout:  # the database is down
+                group.settle_all(_database_unavailable())
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
-                if not (isinstance(error, TimeoutError) or connection_lost(error)):
+                if not _outcome_unknown(error):
                     return await self._one_by_one(group, error)
                 # Perhaps committed, perhaps not: the next attempt's claims find out.
                 group = await _next_attempt(attempt, group, error)
@@ -400,9 +402,9 @@ class _Group:
         known = [seconds for seconds in left if seconds is not None]
         return min(known) if known else None
 
-    def settle_all(self, outcome: Callable[[Waiting], BaseException]) -> None:
+    def settle_all(self, outcome: BaseException) -> None:
         for member in self.members:
-            member.settle(outcome(member))
+            member.settle(outcome)
 
 
 def _wanted(operations: list[Operation]) -> dict[UUID, str | None]:
@@ -556,7 +558,7 @@ async def _next_attempt(attempt: int, group: _Group, error: Exception) -> _Group
     that says the outcome is unknown, to retry with the same key."""
     answer = _unknown_outcome(error)
     if attempt >= MAX_ATTEMPTS:
-        group.settle_all(lambda _: answer)
+        group.settle_all(answer)
         return _Group([], group.limits)
     rest = []
     for member in group.members:
@@ -570,11 +572,20 @@ async def _next_attempt(attempt: int, group: _Group, error: Exception) -> _Group
     return _Group(rest, group.limits)
 
 
-def _unknown_outcome(error: Exception) -> ServiceError:
-    if isinstance(error, TimeoutError) or (
+def _outcome_unknown(error: Exception) -> bool:
+    """The attempt timed out or lost its connection: it may have committed."""
+    return isinstance(error, TimeoutError) or (
         isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
         and connection_lost(error)
-    ):
+    )
+
+
+def _unknown_outcome(error: Exception) -> ServiceError:
+    if isinstance(error, NoConnectionBeforeDeadline):
+        return deadline_exceeded(
+            "DEADLINE_EXCEEDED", "deadline exceeded while waiting for a database connection"
+        )
+    if _outcome_unknown(error):
         return _database_unavailable()
     return aborted(
         "CONCURRENT_UPDATE", "lost a race with concurrent updates; retry with the same key"
