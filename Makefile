@@ -94,7 +94,7 @@ rotate-keys: $(GENERATED) ## Start signing access tokens with a new key
 	$(OPERATOR) auth_service.admin rotate-keys
 
 revoke-key: $(GENERATED) ## Unpublish a leaked signing key at once: make revoke-key KEY_ID=...
-	$(OPERATOR) auth_service.admin revoke-key --key-id "$(KEY_ID)"
+	$(OPERATOR) auth_service.admin revoke-key --key-id="$(KEY_ID)"
 
 migrate: $(GENERATED) ## Apply pending migrations (make run and the services do it too)
 	$(OPERATOR) shared.migrations

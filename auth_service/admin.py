@@ -3,7 +3,7 @@
     python -m auth_service.admin create-service-account --name payments --scopes wallet:credit [--json]
     python -m auth_service.admin disable-service-account --client-id svc_...
     python -m auth_service.admin rotate-keys
-    python -m auth_service.admin revoke-key --key-id KID
+    python -m auth_service.admin revoke-key --key-id=KID  (with "=": a key id may start with "-")
 
 They use DATABASE_URL like the service. The functions behind them take a database URL
 or an open pool, so tests and other tools can call them directly.
