@@ -6,28 +6,35 @@ health (`grpc.health.v1`, NOT_SERVING while the database is unreachable, as
 port, as tests do) and starts it. `serve_until_signal` runs it until SIGINT/SIGTERM,
 then shuts down in three steps: NOT_SERVING while still serving for the drain period
 (so balancers stop sending calls), then no new calls while in-flight ones finish
-within the grace period.
+within the grace period. `main` is both services' `python -m` entry point.
 """
 
 import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import tracing
+from shared.config import CommonSettings
 from shared.db import DatabaseMonitor, Pool
 from shared.guards import MalformedRequestInterceptor
 from shared.interceptors import ErrorInterceptor, LoggingInterceptor
+from shared.logs import configure_logging
+from shared.migrations import migrate
 from shared.transport import ServerTransport
+from shared.workers import Worker, run_service, this_worker, workers_for
 
 log = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
 
 @dataclass
@@ -116,6 +123,30 @@ async def start_server(
         },
     )
     return running
+
+
+def main(
+    service: str,
+    settings: SettingsT,
+    start: Callable[[SettingsT, Worker], Awaitable[RunningServer]],
+    *,
+    workers: int,
+    metrics: tuple[str, int],
+    auto_migrate: bool,
+) -> NoReturn:
+    """`python -m <service>_service`: migrate (once, by the supervisor of several workers),
+    then serve until SIGINT/SIGTERM, alone or as `workers` processes on one port."""
+    configure_logging(service, settings.log_level)
+    count = workers_for(workers)
+    worker = this_worker(count)
+    if auto_migrate and (worker is None or not worker.shares_port):
+        migrate(settings.database_url, service)
+
+    async def serve_as(worker: Worker) -> None:
+        grace, drain = settings.shutdown_grace_seconds, settings.shutdown_drain_seconds
+        await serve(service, lambda: start(settings, worker), grace, drain)
+
+    sys.exit(run_service(f"{service}_service", worker, count, serve_as, metrics))
 
 
 async def serve(

@@ -292,7 +292,7 @@ def test_every_reason_has_its_exception_class(source: Callable[[], set[tuple[str
 
 
 async def test_the_sync_client_serves_code_without_an_event_loop(
-    wallet_server: RunningServer, auth_server: RunningServer, bank: WalletClient
+    wallet_server: RunningServer, auth_server: RunningServer
 ) -> None:
     email = unique_email("sync")
 

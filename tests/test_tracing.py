@@ -4,10 +4,7 @@ the auth service, into the money transaction, and into the JSON log lines."""
 
 import asyncio
 import json
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,8 +14,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from auth_service.admin import rotate_keys
 from shared.gen.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tests.auth_helpers import register_and_login, service_token
+from tests.auth_helpers import bearer, register_and_login, service_token
 from tests.databases import migrated_database
 from tests.processes import ServiceProcess, running_services
 
@@ -109,15 +107,6 @@ def log_lines(path: Path) -> list[dict[str, object]]:
     return lines
 
 
-def rotate_signing_key(database_url: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "auth_service.admin", "rotate-keys"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
-        capture_output=True,
-    )
-
-
 async def test_a_callers_trace_runs_through_the_wallet_into_auth_and_the_transaction(
     traced_services: tuple[ServiceProcess, ServiceProcess],
     collector: tuple[Collector, int],
@@ -125,7 +114,7 @@ async def test_a_callers_trace_runs_through_the_wallet_into_auth_and_the_transac
 ) -> None:
     auth, wallet = traced_services
     spans_of, _ = collector
-    rotate_signing_key(fresh_database)  # the wallet has not seen the key of the next tokens
+    await rotate_keys(fresh_database)  # the wallet has not seen the key of the next tokens
     async with (
         grpc.aio.insecure_channel(auth.address) as auth_channel,
         grpc.aio.insecure_channel(wallet.address) as wallet_channel,
@@ -139,7 +128,7 @@ async def test_a_callers_trace_runs_through_the_wallet_into_auth_and_the_transac
         traceparent = f"00-{trace_id.hex()}-{caller_span.hex()}-01"
         created = await wallets.CreateWallet(
             wallet_pb2.CreateWalletRequest(currency="EUR"),
-            metadata=(("authorization", f"Bearer {token}"), ("traceparent", traceparent)),
+            metadata=(*bearer(token), ("traceparent", traceparent)),
         )
         credit_trace = secrets.token_bytes(16)
         await wallets.Credit(
@@ -147,7 +136,7 @@ async def test_a_callers_trace_runs_through_the_wallet_into_auth_and_the_transac
                 wallet_id=created.wallet.id, amount=500, idempotency_key="traced-credit"
             ),
             metadata=(
-                ("authorization", f"Bearer {bank}"),
+                *bearer(bank),
                 ("traceparent", f"00-{credit_trace.hex()}-{caller_span.hex()}-01"),
             ),
         )

@@ -23,7 +23,6 @@ from google.rpc import error_details_pb2, status_pb2
 
 _BY_CODE: dict[grpc.StatusCode, type["WalletError"]] = {}
 _BY_REASON: dict[tuple[grpc.StatusCode, str], type["WalletError"]] = {}
-CLIENT_DOMAIN = "wallet_client"  # errors the client raises itself, before any call
 
 
 class WalletError(Exception):

@@ -75,7 +75,7 @@ class EventFeed:
         await asyncio.sleep(NOTIFY_COALESCE_SECONDS)
         self._notify_pending = False
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection() as conn:  # autocommit: sent at once
                 await notify(conn, CHANNEL)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
             log.warning("could not notify event watchers", extra={"error": str(error)})

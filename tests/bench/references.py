@@ -9,8 +9,6 @@ the service's psycopg connections prepare a statement from its fifth use (psycop
 """
 
 import asyncio
-import base64
-import hashlib
 import math
 import multiprocessing
 import os
@@ -22,8 +20,9 @@ from pathlib import Path
 import bcrypt
 import psycopg
 
+from auth_service.passwords import _prehash
 from shared.migrations import migrate
-from tests.bench import service_sql
+from tests.bench import load, service_sql
 from tests.bench.cpu import Watched, sample, usage
 from tests.bench.results import Measurement
 
@@ -201,7 +200,7 @@ def _window(name: str, completions: list[Completion], warmup: float, seconds: fl
 
 # --- raw bcrypt ----------------------------------------------------------------------------
 
-PASSWORD = base64.b64encode(hashlib.sha256(b"correct horse battery staple").digest())
+PASSWORD = _prehash(load.PASSWORD)  # what the auth service hands to bcrypt
 
 
 def _bcrypt_checks(cost: int, start: float, warmup: float, seconds: float) -> list[float]:
